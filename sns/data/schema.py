@@ -1,0 +1,100 @@
+"""Names of dims, variables, units and attrs of ``sns`` data sets, declared once.
+
+A data set is a directory with one zarr store per split (``train.zarr``,
+``valid.zarr``, ``test.zarr``).  Each store holds one float32 variable named
+after the system's field, with dims
+
+* fields:        ``(trajectory, time, y, x)``
+* layered fields: ``(trajectory, time, layer, y, x)``
+* vectors:       ``(trajectory, time, dim)``
+
+coordinates ``time`` (physical time of each frame), ``y``/``x`` (cell-centre
+positions) or ``dim``/``layer`` (indices), each with ``units`` and
+``long_name``, and the attrs listed in :data:`REQUIRED_ATTRS`.  The writer
+(``sns.data.generate``), the readers (``sns.data.io``) and the plots use only
+these names.
+"""
+
+from __future__ import annotations
+
+TRAJECTORY = "trajectory"
+TIME = "time"
+LAYER = "layer"
+Y = "y"
+X = "x"
+DIM = "dim"
+
+SPLITS = ("train", "valid", "test")
+SCHEMA_NAME = "sns-dataset"
+SCHEMA_VERSION = 1
+
+#: Attribute keys every split store carries.
+REQUIRED_ATTRS = (
+    "sns_schema",  # SCHEMA_NAME
+    "sns_schema_version",  # SCHEMA_VERSION
+    "sns_version",  # package version that wrote it
+    "system",  # registry name of the system
+    "preset",  # preset name
+    "split",  # train / valid / test
+    "variable",  # name of the data variable
+    "params",  # solver constructor arguments (JSON-able dict)
+    "param_units",  # units of each parameter
+    "dt",  # solver time step
+    "save_every",  # solver steps between frames
+    "spinup_steps",  # solver steps before the first frame
+    "seed",  # base seed of the data set
+    "norm_offset",  # per channel: x_norm = (x - offset) / scale
+    "norm_scale",
+    "data_mean",  # per channel, measured on the train split
+    "data_std",
+)
+
+#: Per system: variable dims after (trajectory, time), and the coordinate units.
+#: ``space_units`` is the unit of the x/y coordinates, ``time_units`` of time.
+SYSTEM_LAYOUT: dict[str, dict] = {
+    "kolmogorov": {
+        "variable": "vorticity",
+        "dims": (Y, X),
+        "units": "1",
+        "long_name": "relative vorticity (nondimensional, domain [0, 2pi)^2)",
+        "space_units": "1",
+        "time_units": "1",
+    },
+    "qg": {
+        "variable": "pv",
+        "dims": (LAYER, Y, X),
+        "units": "1/s",
+        "long_name": "eddy potential vorticity, block-averaged",
+        "space_units": "m",
+        "time_units": "s",
+    },
+    "lorenz63": {
+        "variable": "state",
+        "dims": (DIM,),
+        "units": "1",
+        "long_name": "Lorenz-63 state (x, y, z)",
+        "space_units": "1",
+        "time_units": "MTU",
+    },
+    "lorenz96": {
+        "variable": "state",
+        "dims": (DIM,),
+        "units": "1",
+        "long_name": "Lorenz-96 state",
+        "space_units": "1",
+        "time_units": "MTU",
+        "pooled_stats": True,  # statistically homogeneous: one mean/std for all coordinates
+    },
+}
+
+
+def layout(system: str) -> dict:
+    """The storage layout of ``system``; raises ``ValueError`` naming valid systems."""
+    if system not in SYSTEM_LAYOUT:
+        raise ValueError(f"no data layout for system {system!r}; valid choices: {sorted(SYSTEM_LAYOUT)}")
+    return SYSTEM_LAYOUT[system]
+
+
+def variable_dims(system: str) -> tuple[str, ...]:
+    """All dims of the data variable of ``system``, trajectory and time first."""
+    return (TRAJECTORY, TIME, *layout(system)["dims"])
