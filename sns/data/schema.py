@@ -23,6 +23,8 @@ LAYER = "layer"
 Y = "y"
 X = "x"
 DIM = "dim"
+CHANNEL = "channel"  # channel axis of rollout stores (fields kept as (C, H, W))
+Z = "z"
 
 SPLITS = ("train", "valid", "test")
 SCHEMA_NAME = "sns-dataset"
