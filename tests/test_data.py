@@ -164,3 +164,23 @@ def test_cli_generate_and_refuse(tmp_path):
     assert "train  state [1]  trajectory 2 x time 10 x dim 3" in r.stdout
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 2 and "already holds a data set" in r.stderr
+
+
+def test_multistep_solver_frames_are_one_integration(tmp_path):
+    """QG (AB3) carries its history across saves: frames equal one uninterrupted run."""
+    import torch
+
+    from sns.data.generate import trajectory_seed
+    from sns.systems.qg import TwoLayerQG
+
+    out = generate_dataset("qg", "cpu", out=tmp_path / "qg", progress=None, dtype="float64",
+                           params={"nx": 16, "n_coarse": 8},
+                           overrides={"n_frames": 4, "spinup_steps": 5, "save_every": 3,
+                                      "trajectories": {"train": 1, "valid": 0, "test": 0}})
+    ds = open_dataset(out)
+    assert ds["pv"].dims == ("trajectory", "time", "layer", "y", "x") and ds["pv"].shape == (1, 4, 2, 8, 8)
+    sys = TwoLayerQG(nx=16, n_coarse=8, dtype=torch.float64)
+    u = sys.initial_condition(1, torch.Generator().manual_seed(trajectory_seed(0, "train", 0)))
+    u, _ = sys.advance(u, 5 + 3 * 3)
+    np.testing.assert_allclose(ds["pv"].values[0, 3], sys.observe(u)[0].numpy(), rtol=1e-5, atol=1e-12)
+    assert ds.attrs["norm_scale"] == pytest.approx(ds.attrs["data_std"])  # cpu preset: measured scales

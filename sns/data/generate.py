@@ -161,12 +161,26 @@ def _base_attrs(system_name: str, preset_name: str, preset: Preset, sys_obj: Any
 
 
 def integrate(sys_obj: Any, u0: torch.Tensor, preset: Preset) -> torch.Tensor:
-    """Spin up ``u0`` and return the observed frames, ``(B, n_frames, *observed)`` on the CPU."""
-    u = sys_obj.step(u0, preset.spinup_steps) if preset.spinup_steps else u0
+    """Spin up ``u0`` and return the observed frames, ``(B, n_frames, *observed)`` on the CPU.
+
+    Multistep solvers (those with ``advance(u, n, history) -> (u, history)``,
+    e.g. QG's AB3) carry their history across saves, so the frames are those of
+    one uninterrupted integration.
+    """
+    history = None
+
+    def advance(u: torch.Tensor, n: int) -> torch.Tensor:
+        nonlocal history
+        if hasattr(sys_obj, "advance"):
+            u, history = sys_obj.advance(u, n, history)
+            return u
+        return sys_obj.step(u, n)
+
+    u = advance(u0, preset.spinup_steps) if preset.spinup_steps else u0
     frames = []
     for j in range(preset.n_frames):
         if j:
-            u = sys_obj.step(u, preset.save_every)
+            u = advance(u, preset.save_every)
         obs = sys_obj.observe(u)
         if not torch.isfinite(obs).all():
             raise FloatingPointError(
