@@ -1,0 +1,45 @@
+"""Diffusion core of SNS: schedules, independent pair noising, the multi-noise-level
+loss, the DDPM ancestral step and paths in the reverse-process phase space."""
+
+from sns.diffusion.loss import pair_dsm_loss
+from sns.diffusion.noising import noise_pair, noise_state
+from sns.diffusion.paths import (
+    PATHS,
+    Path,
+    Traversal,
+    acdm_path,
+    clean_conditioning_path,
+    make_path,
+    path_A,
+    path_B,
+    path_C,
+    path_fix_s2,
+    thermalizer_path,
+    traverse,
+)
+from sns.diffusion.sampling import ddpm_step, predict_x0
+from sns.diffusion.schedules import Schedule, cosine_schedule, linear_schedule, make_schedule
+
+__all__ = [
+    "PATHS",
+    "Path",
+    "Schedule",
+    "Traversal",
+    "acdm_path",
+    "clean_conditioning_path",
+    "cosine_schedule",
+    "ddpm_step",
+    "linear_schedule",
+    "make_path",
+    "make_schedule",
+    "noise_pair",
+    "noise_state",
+    "pair_dsm_loss",
+    "path_A",
+    "path_B",
+    "path_C",
+    "path_fix_s2",
+    "predict_x0",
+    "thermalizer_path",
+    "traverse",
+]

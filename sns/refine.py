@@ -1,0 +1,191 @@
+"""The SNS refiner: estimate levels, re-noise, traverse a path, compose with any surrogate.
+
+The self-refining step (Liu, Zanna & Bruna, arXiv:2603.17750, Algorithm 1; DESIGN.md
+section 1), for a batch of states ``x_{n-1}``:
+
+1. proposal ``x_hat = F(x_{n-1}) (+ sigma * z)`` from any surrogate ``F``;
+2. one encoder pass on the raw pair ``(x_{n-1}, x_hat)`` gives the table levels
+   ``(i2, i1) = argmax`` of the two heads (or levels forced by ``fixed_levels``);
+3. re-noise ``x_{n-1}`` to level ``i2`` and ``x_hat`` to level ``i1`` with fresh noise;
+4. traverse the path (A by default) from phase-space coordinates ``(s1, s2) = (i1+1, i2+1)``
+   to ``s1 = 0`` with DDPM ancestral steps (:func:`sns.diffusion.paths.traverse`);
+5. ``x_n`` = the refined ``x_t``.
+
+Cost per step and sample: ``1 + s1 + s2 = i1 + i2 + 3`` denoiser calls on path A (one fewer
+estimation call with fixed levels); samples whose levels are both ``<= skip_threshold``
+keep the proposal and cost 1.  Without a surrogate the refiner generates: ``x_t`` starts
+from pure noise at ``s1 = S`` and follows the path conditioned on ``x_{n-1}``.
+
+A :class:`SNSRefiner` is itself a stepper (``state -> state``), so it composes with any
+surrogate and with the generic rollout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from sns.diffusion.noising import noise_state, randn_like
+from sns.diffusion.paths import PATHS, Path, make_path, traverse
+from sns.diffusion.schedules import Schedule
+from sns.nets.base import PairDenoiser
+
+__all__ = ["SNSRefiner", "estimate_levels"]
+
+PathFn = Callable[[Tensor, Tensor, int], Path]  #: (s1, s2, S) start coordinates -> Path
+
+
+@torch.no_grad()
+def estimate_levels(denoiser: PairDenoiser, x_prev: Tensor, x_next: Tensor) -> tuple[Tensor, Tensor]:
+    """``(i2_hat, i1_hat)``: argmax of the level heads on the raw pair, table levels ``(B,)`` in ``[0, S)``.
+
+    One network call (the encoder and the heads only).  The order follows the states
+    ``(x_{t-1}, x_t)``, as in :meth:`~sns.nets.base.PairDenoiser.estimate_levels`.
+    """
+    logits_s2, logits_s1 = denoiser.estimate_levels(x_prev, x_next)
+    return logits_s2.argmax(-1), logits_s1.argmax(-1)
+
+
+class SNSRefiner(nn.Module):
+    """A refined stepper ``x_{n-1} -> x_n`` wrapping any surrogate with a pair denoiser.
+
+    Args:
+        denoiser: the trained pair denoiser ``D_theta`` (in normalised units, see ``shift``).
+        schedule: the schedule it was trained with (``S == denoiser.n_levels``).
+        surrogate: any ``nn.Module`` or callable mapping ``x_{t-1} -> x_t`` (batched, same
+            shape); ``None`` generates ``x_t`` from pure noise (standalone SNS).
+        path: ``"A"`` (default), ``"B"``, ``"C"``, ``"fix_s2"``, or a function
+            ``(s1, s2, S) -> Path`` of the start coordinates; it must end with ``s1 = 0``.
+        proposal_sigma: std of Gaussian noise added to the proposal (normalised units).
+        skip_threshold: keep the proposal where both estimated levels are ``<= k``
+            (the QG reference run uses 5); ``None`` refines always.
+        fixed_levels: force the table levels ``(i2, i1)`` for every sample instead of
+            estimating them (``(0, 0)``: minimal refinement, best on Lorenz-63 in the
+            CPU study); saves the estimation call.
+        clamp: clamp ``x0_hat`` to ``[-clamp, clamp]`` in every reverse step (normalised units).
+        shift, scale: the denoiser works on ``(x - shift) / scale``; the surrogate and the
+            returned states are in the caller's units.  Scalars or tensors broadcasting to
+            one state.
+
+    Attributes after each call: ``last_levels`` (``(i2, i1)``, each ``(B,)``),
+    ``last_calls`` (``(B,)`` denoiser calls per sample), ``last_refined`` (``(B,)`` bool);
+    running ``n_steps``, ``total_calls`` (the per-step means over samples, summed over
+    steps) and ``calls_per_step``.
+    """
+
+    def __init__(
+        self,
+        denoiser: PairDenoiser,
+        schedule: Schedule,
+        surrogate: nn.Module | Callable[[Tensor], Tensor] | None = None,
+        path: str | PathFn = "A",
+        proposal_sigma: float = 0.0,
+        skip_threshold: int | None = None,
+        fixed_levels: tuple[int, int] | None = None,
+        clamp: float | None = None,
+        shift: float | Tensor = 0.0,
+        scale: float | Tensor = 1.0,
+    ) -> None:
+        super().__init__()
+        S = schedule.n_levels
+        if denoiser.n_levels != S:
+            raise ValueError(f"denoiser has n_levels={denoiser.n_levels} but the schedule has S={S}")
+        if isinstance(path, str) and path not in PATHS:
+            raise ValueError(f"unknown path {path!r}; choose one of {sorted(PATHS)} or pass a path constructor")
+        if not callable(path) and not isinstance(path, str):
+            raise TypeError(f"path must be a name or a callable (s1, s2, S) -> Path, got {type(path).__name__}")
+        if surrogate is not None and not callable(surrogate):
+            raise TypeError(f"surrogate must be an nn.Module or a callable, got {type(surrogate).__name__}")
+        if not proposal_sigma >= 0:
+            raise ValueError(f"proposal_sigma must be >= 0, got {proposal_sigma!r}")
+        if skip_threshold is not None and (not isinstance(skip_threshold, int) or skip_threshold < 0):
+            raise ValueError(f"skip_threshold must be a non-negative integer or None, got {skip_threshold!r}")
+        if fixed_levels is not None:
+            if len(fixed_levels) != 2 or not all(isinstance(v, int) and 0 <= v < S for v in fixed_levels):
+                raise ValueError(f"fixed_levels must be two integer levels (i2, i1) in [0, {S}), got {fixed_levels!r}")
+        if clamp is not None and not clamp > 0:
+            raise ValueError(f"clamp must be positive or None, got {clamp!r}")
+        self.denoiser = denoiser
+        self.schedule = schedule
+        self.surrogate = surrogate  # an nn.Module is registered (moves with .to()); a callable is kept as is
+        self.path = path
+        self.proposal_sigma = float(proposal_sigma)
+        self.skip_threshold = skip_threshold
+        self.fixed_levels = fixed_levels
+        self.clamp = clamp
+        self.register_buffer("shift", torch.as_tensor(shift, dtype=torch.float32), persistent=False)
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32), persistent=False)
+        if not bool((self.scale > 0).all()):
+            raise ValueError(f"scale must be positive, got {scale!r}")
+        self.last_levels: tuple[Tensor, Tensor] | None = None
+        self.last_calls: Tensor | None = None
+        self.last_refined: Tensor | None = None
+        self.n_steps = 0
+        self.total_calls = 0
+
+    @property
+    def calls_per_step(self) -> float:
+        """Mean denoiser calls per sample and step since construction (or :meth:`reset_counts`)."""
+        return self.total_calls / self.n_steps if self.n_steps else float("nan")
+
+    def reset_counts(self) -> None:
+        self.n_steps, self.total_calls = 0, 0
+
+    def _path(self, s1: Tensor, s2: Tensor) -> Path:
+        S = self.schedule.n_levels
+        path = make_path(self.path, s1, s2, S) if isinstance(self.path, str) else self.path(s1, s2, S)
+        if not isinstance(path, Path):
+            raise TypeError(f"the path constructor returned {type(path).__name__}, expected a Path")
+        if bool((path.end[:, 0] != 0).any()):
+            raise ValueError(f"the refinement path must end with s1 = 0 (a clean x_t), got ends {path.end.tolist()}")
+        return path
+
+    def _propose(self, x: Tensor) -> Tensor:
+        x_hat = self.surrogate(x)
+        if not isinstance(x_hat, Tensor) or x_hat.shape != x.shape:
+            got = tuple(x_hat.shape) if isinstance(x_hat, Tensor) else type(x_hat).__name__
+            raise ValueError(f"the surrogate must return a tensor of the state's shape {tuple(x.shape)}, got {got}")
+        return x_hat
+
+    @torch.no_grad()
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """One refined step: ``(B, *state_shape)`` states ``x_{n-1}`` -> ``x_n`` (same shape)."""
+        S = self.schedule.n_levels
+        x_prev = (x - self.shift) / self.scale
+        self.denoiser.check_pair(x_prev, x_prev)
+        B = x.shape[0]
+        if self.surrogate is None:
+            x_hat = randn_like(x_prev, generator)  # pure noise: x_t at the top coordinate S
+        else:
+            x_hat = (self._propose(x) - self.shift) / self.scale
+            if self.proposal_sigma > 0:
+                x_hat = x_hat + self.proposal_sigma * randn_like(x_hat, generator)
+        calls = torch.zeros(B, dtype=torch.long, device=x.device)
+        if self.fixed_levels is not None:
+            i2 = torch.full((B,), self.fixed_levels[0], dtype=torch.long, device=x.device)
+            i1 = torch.full((B,), self.fixed_levels[1], dtype=torch.long, device=x.device)
+        else:
+            i2, i1 = estimate_levels(self.denoiser, x_prev, x_hat)
+            calls += 1
+        if self.surrogate is None:
+            i1 = torch.full_like(i1, S - 1)
+        refine = torch.ones(B, dtype=torch.bool, device=x.device)
+        if self.skip_threshold is not None and self.surrogate is not None:
+            refine = (i2 > self.skip_threshold) | (i1 > self.skip_threshold)
+        out = x_hat.clone()
+        idx = refine.nonzero().squeeze(1)
+        if idx.numel():
+            xp, _ = noise_state(self.schedule, x_prev[idx], i2[idx], generator=generator)
+            xn = x_hat[idx]
+            if self.surrogate is not None:
+                xn, _ = noise_state(self.schedule, xn, i1[idx], generator=generator)
+            path = self._path(i1[idx].cpu() + 1, i2[idx].cpu() + 1)
+            result = traverse(self.denoiser, self.schedule, xp, xn, path, self.clamp, generator)
+            out[idx] = result.x_next
+            calls[idx] += result.calls.to(calls.device)
+        self.last_levels, self.last_calls, self.last_refined = (i2, i1), calls, refine
+        self.n_steps += 1
+        self.total_calls += int(calls.sum()) / B
+        return out * self.scale + self.shift
