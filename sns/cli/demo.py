@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 import hydra
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sns.cli import CONFIG_PATH
@@ -18,6 +19,9 @@ from sns.cli import CONFIG_PATH
 def main(cfg: DictConfig) -> None:
     from sns.data.generate import generate_dataset
     from sns.data.io import summary
+
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
 
     t0 = time.perf_counter()
     out = generate_dataset(

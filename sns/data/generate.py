@@ -99,10 +99,11 @@ def _coords(system_name: str, sys_obj: Any, preset: Preset, shape: tuple[int, ..
     }
     for dim, n in zip(lay["dims"], shape):
         if dim in (schema.Y, schema.X):
-            length = float(getattr(sys_obj, "L", 2 * math.pi))
+            length = float(getattr(sys_obj, "L", getattr(sys_obj, "length", 2 * math.pi)))
+            offset = float(getattr(sys_obj, "grid_offset", 0.5))  # 0.5: cell centres, 0: nodes
             coords[dim] = (
-                (np.arange(n) + 0.5) * length / n,
-                {"units": lay["space_units"], "long_name": f"{dim} (cell centres)"},
+                (np.arange(n) + offset) * length / n,
+                {"units": lay["space_units"], "long_name": f"{dim} position (offset {offset} of a cell)"},
             )
         else:
             coords[dim] = (np.arange(n, dtype=np.int64), {"units": "1", "long_name": f"{dim} index"})

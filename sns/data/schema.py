@@ -57,10 +57,10 @@ SYSTEM_LAYOUT: dict[str, dict] = {
     "kolmogorov": {
         "variable": "vorticity",
         "dims": (Y, X),
-        "units": "1",
-        "long_name": "relative vorticity (nondimensional, domain [0, 2pi)^2)",
-        "space_units": "1",
-        "time_units": "1",
+        "units": "1/s",  # nondimensional units labelled m and s, as in sns.systems.kolmogorov
+        "long_name": "relative vorticity (nondimensional, domain [0, 2pi)^2), spectrally truncated",
+        "space_units": "m",
+        "time_units": "s",
     },
     "qg": {
         "variable": "pv",

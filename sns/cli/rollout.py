@@ -1,0 +1,99 @@
+"""``sns-rollout``: roll out an exported surrogate, refined by an exported SNS pair denoiser
+(config: conf/rollout.yaml).
+
+The models are rebuilt from their ``.safetensors`` files alone (:func:`sns.export.load_model`);
+the stepper is the surrogate, or :class:`sns.refine.SNSRefiner` wrapping it; the rollout is
+:func:`sns.rollout.rollout` streaming to a zarr store, which resumes when the same command is
+run again.  Initial conditions are frames of a data set split, normalised like the training
+data (the models' files record the normalisation; a mismatch with the data set is an error).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from sns.cli import CONFIG_PATH
+
+log = logging.getLogger(__name__)
+
+
+def _check_norm(name: str, extra: dict[str, Any], data_attrs: dict[str, Any]) -> None:
+    meta = extra.get("data") or {}
+    for key in ("system", "norm_offset", "norm_scale"):
+        if key in meta and meta[key] != data_attrs.get(key):
+            raise ValueError(f"{name} was trained on data with {key}={meta[key]!r} but the data set has "
+                             f"{key}={data_attrs.get(key)!r}; use the same data set (or its normalisation)")
+
+
+def run_rollout(cfg: DictConfig) -> Any:
+    """Build the stepper of ``cfg`` and roll it out; returns the :class:`sns.rollout.RolloutResult`."""
+    import torch
+
+    from sns.data.io import check_store
+    from sns.data.windows import WindowDataset
+    from sns.export import load_model, load_schedule
+    from sns.refine import SNSRefiner
+    from sns.rollout import rollout, state_rms
+
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))
+    device = torch.device(cfg.device)
+    split_path = Path(cfg.data_dir) / f"{cfg.split}.zarr"
+    data_attrs = check_store(split_path)
+    surrogate, s_extra = load_model(cfg.surrogate, device)
+    if s_extra.get("task") != "surrogate":
+        raise ValueError(f"{cfg.surrogate} holds a {s_extra.get('task')!r} model, expected a surrogate")
+    _check_norm(str(cfg.surrogate), s_extra, data_attrs)
+    step: Any = surrogate
+    attrs: dict[str, Any] = {"surrogate": str(cfg.surrogate), "denoiser": None, "data_dir": str(cfg.data_dir),
+                             "split": cfg.split, "start_frame": int(cfg.start_frame),
+                             "norm_offset": data_attrs["norm_offset"], "norm_scale": data_attrs["norm_scale"],
+                             "system": data_attrs["system"]}
+    if cfg.denoiser is not None:
+        denoiser, d_extra = load_model(cfg.denoiser, device)
+        if d_extra.get("task") != "denoiser":
+            raise ValueError(f"{cfg.denoiser} holds a {d_extra.get('task')!r} model, expected a denoiser")
+        _check_norm(str(cfg.denoiser), d_extra, data_attrs)
+        r = OmegaConf.to_container(cfg.refiner, resolve=True)
+        fixed = tuple(int(v) for v in r["fixed_levels"]) if r.get("fixed_levels") is not None else None
+        step = SNSRefiner(denoiser, load_schedule(d_extra), surrogate=surrogate, path=r["path"],
+                          proposal_sigma=float(r["proposal_sigma"]), skip_threshold=r.get("skip_threshold"),
+                          fixed_levels=fixed, clamp=r.get("clamp")).to(device)
+        attrs["denoiser"] = str(cfg.denoiser)
+        attrs["refiner"] = r
+    n = int(cfg.trajectories)
+    ds = WindowDataset(split_path, history=1, horizon=1, stride=1)
+    if n < 1 or n > len(ds.traj_index):
+        raise ValueError(f"trajectories must be in [1, {len(ds.traj_index)}] for {split_path}, got {n}")
+    if not 0 <= int(cfg.start_frame) <= ds.n_time - 2:
+        raise ValueError(f"start_frame must be in [0, {ds.n_time - 2}], got {cfg.start_frame}")
+    x0 = torch.stack([ds[k * ds.per_traj + int(cfg.start_frame)][0] for k in range(n)]).to(device)
+    dt = data_attrs.get("dt")
+    dt = float(dt) * int(data_attrs.get("save_every", 1)) if dt is not None else None
+    result = rollout(step, x0, int(cfg.n_steps), store=cfg.out, chunk=int(cfg.chunk), dt=dt, attrs=attrs,
+                     seed=int(cfg.seed), data_rms=float(state_rms(x0).mean()),
+                     blowup_factor=float(cfg.blowup_factor), max_wall_time=cfg.max_wall_time,
+                     overwrite=bool(cfg.overwrite))
+    log.info("rollout %s: %d steps, status %s%s, %.1f s, calls/step %s -> %s", "refined" if cfg.denoiser else
+             "surrogate", result.steps_done, result.status, f" ({result.message})" if result.message else "",
+             result.wall_time, result.calls_mean, result.path)
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="rollout")
+def main(cfg: DictConfig) -> None:
+    try:
+        run_rollout(cfg)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"sns-rollout: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

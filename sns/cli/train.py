@@ -1,0 +1,142 @@
+"""``sns-train``: Hydra entry point for training (config: conf/train.yaml).
+
+This is the only place where the training configuration is instantiated
+(``hydra.utils.instantiate``): the DataModule, the LightningModule of the selected
+``task`` (``model.<task>.module``), callbacks, loggers and the Trainer.  Library classes
+receive plain arguments.
+
+Resume is idempotent: with ``ckpt_path=last`` (default) a run whose directory holds
+``checkpoints/last.ckpt`` continues from it (global step, optimizer, schedulers, EMA,
+loops); give the run a fixed directory (``paths.run_dir=...``) and re-run the same
+command after an interruption.  At the end, rank 0 exports the (EMA) weights with the
+model spec and the data normalisation to ``<run dir>/<task>.safetensors``
+(:mod:`sns.export`).
+
+Examples::
+
+    python -m sns.cli.train experiment=lorenz63_cpu
+    python -m sns.cli.train experiment=kolmogorov_cpu task=denoiser paths.run_dir=outputs/kd
+    python -m sns.cli.train -m experiment=lorenz63_cpu model.surrogate.module.optimizer.lr=1e-3,3e-3
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from sns.cli import CONFIG_PATH
+
+log = logging.getLogger(__name__)
+
+TASKS = ("surrogate", "denoiser")
+
+
+def _instantiate_group(group: DictConfig | None, what: str) -> list[Any]:
+    """Instantiate every entry of a callbacks / logger group that has a ``_target_``."""
+    from hydra.utils import instantiate
+
+    if not group:
+        return []
+    if not isinstance(group, DictConfig):
+        raise ValueError(f"the {what} config must be a mapping of name -> config, got {type(group).__name__}")
+    return [instantiate(c) for _, c in group.items() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | None:
+    """``"last"`` -> ``<output_dir>/checkpoints/last.ckpt`` if it exists, else None (fresh start);
+    None -> None; any other value must be an existing checkpoint file."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        last = Path(output_dir) / "checkpoints" / "last.ckpt"
+        return str(last) if last.exists() else None
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path {ckpt_path!r} is not a file; valid choices: 'last', null or a checkpoint path")
+    return str(ckpt_path)
+
+
+def data_metadata(data_dir: str | Path) -> dict[str, Any]:
+    """System and normalisation of a data set, recorded in exported model files."""
+    from sns.data.io import check_store
+
+    attrs = check_store(Path(data_dir) / "train.zarr")
+    keys = ("system", "preset", "variable", "norm_offset", "norm_scale", "dt", "save_every")
+    return {k: attrs[k] for k in keys if k in attrs}
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train the module of ``cfg.task``; return the final callback metrics (floats)."""
+    import lightning.pytorch as pl
+    import torch
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    from sns.export import save_model
+    from sns.training.callbacks import Throughput
+
+    if cfg.task not in TASKS:
+        raise ValueError(f"unknown task {cfg.task!r}; valid choices: {TASKS}")
+    if cfg.task not in cfg.model:
+        raise ValueError(f"the model config has no {cfg.task!r} entry; it has {list(cfg.model)}")
+    if cfg.get("torch_threads"):
+        torch.set_num_threads(int(cfg.torch_threads))
+    pl.seed_everything(int(cfg.seed), workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+
+    datamodule = instantiate(cfg.data)
+    module = instantiate(cfg.model[cfg.task].module, _convert_="all")
+    callbacks = _instantiate_group(cfg.get("callbacks"), "callbacks")
+    loggers = _instantiate_group(cfg.get("logger"), "logger")
+    if not loggers:
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    progress = cfg.trainer.get("enable_progress_bar")
+    if progress is None:
+        progress = sys.stderr.isatty()
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                      enable_progress_bar=bool(progress))
+    ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    if ckpt:
+        log.info("resuming from %s", ckpt)
+    n_params = sum(p.numel() for p in module.model.parameters())
+    log.info("task %s: %s (%.3fM parameters), output %s", cfg.task, module.model_spec["kind"], n_params / 1e6,
+             output_dir)
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    wall = time.perf_counter() - t0
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    metrics["wall_s"] = wall
+    metrics["global_step"] = float(trainer.global_step)
+    for cb in callbacks:
+        if isinstance(cb, Throughput) and cb.seconds > 0:
+            metrics["samples_per_s"] = cb.samples_per_s
+    if cfg.get("export", True) and trainer.is_global_zero:
+        extra = {**module.export_extra(), "data": data_metadata(datamodule.data_dir),
+                 "global_step": int(trainer.global_step)}
+        path = save_model(module.model, module.model_spec, output_dir / f"{cfg.task}.safetensors", extra)
+        metrics_msg = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
+        log.info("exported %s; %s", path, metrics_msg)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns ``cfg.optimized_metric`` (for sweepers)."""
+    try:
+        metrics = train(cfg)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"sns-train: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    name = cfg.get("optimized_metric")
+    if name and name not in metrics:
+        log.warning("optimized_metric %r not among the metrics %s", name, sorted(metrics))
+    return metrics.get(name) if name else None
+
+
+if __name__ == "__main__":
+    main()
