@@ -1,0 +1,18 @@
+"""Lightning training: modules, model specs, plug-in loss terms, callbacks."""
+
+from sns.training.callbacks import Throughput
+from sns.training.models import MODEL_KINDS, build_model, model_task, resolve_spec
+from sns.training.modules import PairDenoiserModule, SurrogateModule
+from sns.training.terms import LossTerm, UnrollSchedule
+
+__all__ = [
+    "MODEL_KINDS",
+    "LossTerm",
+    "PairDenoiserModule",
+    "SurrogateModule",
+    "Throughput",
+    "UnrollSchedule",
+    "build_model",
+    "model_task",
+    "resolve_spec",
+]
