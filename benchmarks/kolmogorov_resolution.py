@@ -61,7 +61,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     ic_sys = KolmogorovFlow(n=64, reynolds=1e4, dt=args.dt, dtype=torch.float64)
     w0 = ic_sys.initial_condition(args.batch, torch.Generator().manual_seed(args.seed))
-    rows = [run(n, w0, args) for n in args.grids]
+    rows = []
+    for n in args.grids:
+        rows.append(run(n, w0, args))
+        print(f"  {n}^2 done: std {rows[-1]['std']:.3f}, {rows[-1]['ms_per_traj_step']:.2f} ms per traj-step",
+              flush=True)
     ref = next((r["std"] for r in rows if r["n"] == max(args.grids)), rows[-1]["std"])
     print(f"\nKolmogorov Re=1e4, dt={args.dt}, spin-up {args.spinup} steps (t={args.spinup * args.dt:g}), "
           f"window {args.window} steps, batch {args.batch}, {args.threads} threads, {args.device}\n")
