@@ -3,7 +3,7 @@
 For every system and preset at several batch sizes, each case runs in a fresh
 subprocess (so peak memory is that case's own), warms up with one step, then
 times steps for at least ``--min-seconds``.  Peak memory is the process's max
-RSS minus the RSS after imports (CPU), or ``torch.cuda.max_memory_allocated``
+RSS minus its max RSS after imports (CPU: solver operators, state and stepping workspace), or ``torch.cuda.max_memory_allocated``
 (GPU).
 
     python benchmarks/solvers.py                      # all systems, presets, batches 1 8 32
@@ -32,9 +32,9 @@ def run_case(system: str, preset: str, batch: int, dtype: str, device: str, min_
 
     torch.set_num_threads(int(os.environ.get("SNS_BENCH_THREADS", torch.get_num_threads())))
     pre = get_preset(system, preset)
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # after imports
     sys_obj = make_system(system, **pre.system, dtype=DTYPES[dtype], device=device)
     u = sys_obj.initial_condition(batch, torch.Generator().manual_seed(0))
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     u = sys_obj.step(u, 1)  # warm-up (allocations, plans)
