@@ -93,6 +93,15 @@ class _Base(pl.LightningModule):
         """Metadata beyond the model spec that inference needs (see :mod:`sns.export`)."""
         return {"task": self.task}
 
+    def _accumulate_rollout_sse(self, sse: list[Tensor], n_values: int) -> None:
+        """Add one batch's per-lead-time squared errors to the epoch's running sums."""
+        sse_t = torch.stack(sse)
+        n = torch.tensor(float(n_values), dtype=torch.float64, device=sse_t.device)
+        if self._val_sse is None or self._val_sse.shape != sse_t.shape:
+            self._val_sse, self._val_count = sse_t, n
+        else:
+            self._val_sse, self._val_count = self._val_sse + sse_t, self._val_count + n
+
     def _reduce_sum(self, t: Tensor) -> Tensor:
         if self.trainer is not None and self.trainer.world_size > 1:
             return self.trainer.strategy.reduce(t, reduce_op="sum")
@@ -205,12 +214,7 @@ class SurrogateModule(_Base):
         for k in range(1, K + 1):
             x = one if k == 1 else self.model(x)
             sse.append(((x - batch[:, k]) ** 2).sum().double())
-        sse_t = torch.stack(sse)
-        n = torch.tensor(float(batch[:, 0].numel()), dtype=torch.float64, device=sse_t.device)
-        if self._val_sse is None or self._val_sse.shape != sse_t.shape:
-            self._val_sse, self._val_count = sse_t, n
-        else:
-            self._val_sse, self._val_count = self._val_sse + sse_t, self._val_count + n
+        self._accumulate_rollout_sse(sse, batch[:, 0].numel())
 
     def on_validation_epoch_end(self) -> None:
         if self._val_sse is None:
@@ -348,12 +352,7 @@ class PairDenoiserModule(_Base):
             for k in range(1, K + 1):
                 x = refiner(x, generator=g)
                 sse.append(((x - batch[:, k]) ** 2).sum().double())
-            sse_t = torch.stack(sse)
-            n = torch.tensor(float(batch[:, 0].numel()), dtype=torch.float64, device=sse_t.device)
-            if self._val_sse is None or self._val_sse.shape != sse_t.shape:
-                self._val_sse, self._val_count = sse_t, n
-            else:
-                self._val_sse, self._val_count = self._val_sse + sse_t, self._val_count + n
+            self._accumulate_rollout_sse(sse, batch[:, 0].numel())
 
     def on_validation_epoch_end(self) -> None:
         if self._val_sse is None:
