@@ -1,4 +1,9 @@
-"""Suite-wide settings: one torch thread (small tensors; predictable on 2-core CI)."""
+"""Suite-wide settings.
+
+One torch thread for the whole suite: the tests use small tensors, for which intra-op
+threads only add overhead, and on a 2-core machine shared with other processes two
+threads made small FFTs and convolutions 10-40x slower (measured while developing).
+"""
 
 import torch
 

@@ -33,14 +33,6 @@ SHRINK_UNET = {"dim": 8, "dim_mults": "[1,2]", "n_blocks": 1}
 SHRINK_PAIR = {**SHRINK_UNET, "emb_dim": 16, "head_features": 16, "head_hidden": 16, "attn_levels": "[]"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def compose_train(overrides, tmp_path, return_hydra_config=False):
     with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
         return compose(config_name="train", return_hydra_config=return_hydra_config, overrides=[

@@ -22,14 +22,6 @@ SPECS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def outputs(model, x):
     with torch.no_grad():
         if hasattr(model, "n_levels"):

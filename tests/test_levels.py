@@ -37,14 +37,6 @@ CHANCE_MAE = (S**2 - 1) / (3 * S)  # E|U - V| = 16.7 for independent uniform lev
 COND_MS = 1 - A**2  # mean square of x_t - a x_{t-1} per component: 0.19
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _field_factor() -> tuple[torch.Tensor, torch.Tensor]:
     """``(L, R)``: ``L L^T = C`` (unit diagonal) and ``R`` (D, 17), an orthonormal basis of
     the rough directions (eigenvalues of ``C`` below 1e-3), where clean states have almost no

@@ -14,7 +14,6 @@ optimal noise predictor is the Gaussian conditional expectation
     Cov(e2, y) = [sqrt(1 - ab2), 0],   Cov(e1, y) = [0, sqrt(1 - ab1)].
 """
 
-import pytest
 import torch
 
 from sns.diffusion import (
@@ -32,15 +31,6 @@ from sns.nets.base import DenoiserOutput, PairDenoiser
 A = torch.tensor([0.8, -0.5], dtype=torch.float64)
 M = torch.tensor([1.0, -2.0], dtype=torch.float64)
 Q = torch.tensor([1.0, 0.25], dtype=torch.float64)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors, many steps: intra-op threads only add contention on a shared machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class AR1Oracle(PairDenoiser):

@@ -19,14 +19,6 @@ from sns.diffusion import (
 from sns.nets.mlp import MLPPairDenoiser
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_validation_errors_name_the_offender():
     with pytest.raises(ValueError, match=r"sample 0: s2 increases from point 1 \(3, 1\) to point 2 \(3, 2\).*S = 5"):
         Path([(3, 2), (3, 1), (3, 2), (0, 0)], 5)

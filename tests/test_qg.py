@@ -22,15 +22,6 @@ from sns.systems.qg import (
 JET = {k: v for k, v in JET_PARAMS.items() if k not in ("nx", "n_coarse")}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small FFTs run fastest on one thread (and far faster on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _model(nx: int = 32, dtype: torch.dtype = torch.float64, **kw) -> TwoLayerQG:
     return TwoLayerQG(**{**JET, "nx": nx, "n_coarse": None, "dtype": dtype, **kw})
 

@@ -14,14 +14,6 @@ S = 50
 SAVE_EVERY = 5  # solver steps of dt = 0.01 between saved states (0.05 MTU)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def lorenz_pairs(n_traj=16, n_frames=400, seed=0):
     sys = Lorenz63()
     u = sys.step(sys.initial_condition(n_traj, torch.Generator().manual_seed(seed)), 1000)

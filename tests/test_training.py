@@ -19,15 +19,6 @@ MLP_SUR = {"kind": "residual_mlp", "kwargs": {"dim": 3, "width": 32, "n_layers":
 MLP_DEN = {"kind": "mlp_pair", "kwargs": {"dim": 3, "n_levels": 10, "width": 32, "n_enc": 1, "n_dec": 1}}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add contention on a shared 2-core machine
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")

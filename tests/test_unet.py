@@ -26,15 +26,6 @@ REF_PAIR_QG = 238_509_540
 REF_SURROGATE = {"paper-kolmogorov": 45_820_801, "paper-qg": 45_821_954}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions run ~10x faster on one thread when other test processes share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
