@@ -131,7 +131,7 @@ def test_slurm_launcher_config(tmp_path):
 
 
 @pytest.mark.skipif(not _installed("hydra_plugins.hydra_optuna_sweeper"),
-                    reason="hydra-optuna-sweeper not installed (it pins optuna < 3; see scripts/optuna_search.py)")
+                    reason="hydra-optuna-sweeper not installed (extra optuna-sweeper, pins optuna 2.10; see scripts/optuna_search.py)")
 def test_optuna_sweeper_config(tmp_path):
     cfg = compose_train(["experiment=lorenz63_cpu", "hparams_search=optuna"], tmp_path, return_hydra_config=True)
     assert cfg.hydra.sweeper.direction == "minimize"
