@@ -48,7 +48,7 @@ Store layout (xarray-compatible zarr v3 group; names in the constants below)
 * attributes: the caller's ``attrs`` (JSON-serialisable, top level) plus
   ``rollout_*`` keys: ``rollout_config`` (what identifies the run),
   ``rollout_status`` (``running`` | ``completed`` | ``nonfinite`` | ``blowup`` |
-  ``time_limit``), ``rollout_steps_done``, ``rollout_stop_step``,
+  ``aborted`` | ``time_limit``), ``rollout_steps_done``, ``rollout_stop_step``,
   ``rollout_message`` and ``rollout_checkpoint`` (resume record, below).
 * subgroup ``_checkpoint`` (not seen by ``xr.open_zarr``): array ``state`` of
   shape ``(2, B, *state_shape)`` in the stepper's own dtype, two slots.
@@ -80,7 +80,7 @@ and renamed into place, so a kill during creation never leaves a half-made store
 There is no locking: do not run two rollouts on one store at the same time.
 
 On a second call with the same configuration a ``running`` or ``time_limit``
-store is resumed; a ``completed``, ``nonfinite`` or ``blowup`` store is final
+store is resumed; a ``completed``, ``nonfinite``, ``blowup`` or ``aborted`` store is final
 and its result is returned without stepping.  A store with a different
 configuration (shape, seed, n_steps, dtype, x0, guards, ...) or a directory that
 is not a rollout store raises ``ValueError`` unless ``overwrite=True`` (which
@@ -91,7 +91,9 @@ Guards
 The rollout stops the whole batch at step ``k`` if any sample of ``x_k`` is
 non-finite (status ``nonfinite``) or its RMS exceeds
 ``blowup_factor * data_rms`` (status ``blowup``); states ``0..k-1`` are kept,
-the arrays are trimmed to them and ``rollout_stop_step = k``.  With
+the arrays are trimmed to them and ``rollout_stop_step = k``.  A stepper may end the
+rollout itself by raising :class:`StopRollout` at step ``k`` (status ``aborted``, same
+trimming, its message recorded).  With
 ``max_wall_time`` (seconds, this call) it stops cleanly at a step boundary with
 status ``time_limit``; calling again continues.
 """
@@ -126,6 +128,7 @@ from sns.data import schema
 __all__ = [
     "STATUSES",
     "Callback",
+    "StopRollout",
     "RMSSeries",
     "RolloutResult",
     "RunningMoments",
@@ -150,8 +153,22 @@ STATUS_COMPLETED = "completed"
 STATUS_NONFINITE = "nonfinite"
 STATUS_BLOWUP = "blowup"
 STATUS_TIME_LIMIT = "time_limit"
-STATUSES = (STATUS_COMPLETED, STATUS_NONFINITE, STATUS_BLOWUP, STATUS_TIME_LIMIT)
-_FINAL = (STATUS_COMPLETED, STATUS_NONFINITE, STATUS_BLOWUP)
+STATUS_ABORTED = "aborted"
+STATUSES = (STATUS_COMPLETED, STATUS_NONFINITE, STATUS_BLOWUP, STATUS_TIME_LIMIT, STATUS_ABORTED)
+_FINAL = (STATUS_COMPLETED, STATUS_NONFINITE, STATUS_BLOWUP, STATUS_ABORTED)
+
+
+class StopRollout(RuntimeError):
+    """Raised by a stepper to end a rollout on purpose (e.g. the Thermalizer's level limit).
+
+    The rollout catches it, keeps the states up to the previous step, and records the status
+    ``aborted`` with the exception's message (``rollout_message``) and ``trajectories`` (a list
+    of the offending batch indices, or None) as ``rollout_bad_trajectories``.
+    """
+
+    def __init__(self, message: str, trajectories: list[int] | None = None) -> None:
+        super().__init__(message)
+        self.trajectories = trajectories
 
 _DEFAULT_STATE_DIMS = {
     1: (schema.DIM,),
@@ -893,7 +910,14 @@ def rollout(
         with torch.no_grad():
             while t < n_steps:
                 version = _version(x)
-                x_new = step(x, generator=generator) if pass_generator else step(x)
+                try:
+                    x_new = step(x, generator=generator) if pass_generator else step(x)
+                except StopRollout as err:
+                    t += 1
+                    status, stop_step = STATUS_ABORTED, t
+                    message = f"stopped by the stepper at step {t}: {err}"
+                    bad = list(err.trajectories or [])
+                    break
                 t += 1
                 if (
                     not isinstance(x_new, Tensor)
@@ -946,7 +970,7 @@ def rollout(
     finally:
         bar.close()
 
-    if status in (STATUS_NONFINITE, STATUS_BLOWUP):
+    if status in (STATUS_NONFINITE, STATUS_BLOWUP, STATUS_ABORTED):
         flush(
             stop_step - 1,
             status,

@@ -14,7 +14,7 @@ from sns.cli import CONFIG_PATH
 from sns.cli.train import _instantiate_group
 from sns.data.datamodule import WindowDataModule
 from sns.nets.unet import surrogate_unet_config, unet_config
-from sns.training import PairDenoiserModule, SurrogateModule, resolve_spec
+from sns.training import PairDenoiserModule, PDERefinerModule, SurrogateModule, resolve_spec
 
 
 def _installed(module: str) -> bool:
@@ -42,7 +42,7 @@ def compose_train(overrides, tmp_path, return_hydra_config=False):
 def shrink(experiment, task):
     """Overrides that make a config instantiable on a CPU in a second."""
     out = ["trainer.accelerator=cpu", "trainer.devices=1", "diffusion.n_levels=10"]
-    kind = "pair" if task == "denoiser" else "sur"
+    kind = "sur" if task in ("surrogate", "neural_ode") else "pair"
     if experiment.startswith(("kolmogorov", "qg")):
         for k, v in (SHRINK_PAIR if kind == "pair" else SHRINK_UNET).items():
             out.append(f"++model.{task}.module.net.kwargs.{k}={v}")
@@ -50,12 +50,17 @@ def shrink(experiment, task):
 
 
 def test_experiment_list():
-    assert set(EXPERIMENTS) == {"kolmogorov_paper", "kolmogorov_cpu", "qg_paper", "qg_cpu", "lorenz63_cpu",
+    assert set(EXPERIMENTS) >= {"kolmogorov_paper", "kolmogorov_cpu", "qg_paper", "qg_cpu", "lorenz63_cpu",
                                 "lorenz96_cpu"}
 
 
-@pytest.mark.parametrize("task", ["surrogate", "denoiser"])
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
+# Every benchmark's model config trains SNS (surrogate + denoiser) and the baselines.
+BENCHMARK_TASKS = ["surrogate", "denoiser", "acdm", "thermalizer", "pde_refiner"]
+MODULES = {"surrogate": SurrogateModule, "pde_refiner": PDERefinerModule}
+
+
+@pytest.mark.parametrize("task", BENCHMARK_TASKS)
+@pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if not e.startswith("node_")])
 def test_compose_and_instantiate(experiment, task, tmp_path):
     cfg = compose_train([f"experiment={experiment}", f"task={task}", *shrink(experiment, task)], tmp_path)
     OmegaConf.resolve(cfg)  # every interpolation resolves
@@ -65,14 +70,15 @@ def test_compose_and_instantiate(experiment, task, tmp_path):
     system = cfg.system.name
     assert str(dm.data_dir).endswith(f"{system}-{cfg.preset}")
     module = instantiate(cfg.model[task].module, _convert_="all")
-    assert isinstance(module, SurrogateModule if task == "surrogate" else PairDenoiserModule)
+    assert isinstance(module, MODULES.get(task, PairDenoiserModule))
     callbacks = _instantiate_group(cfg.callbacks, "callbacks")
     loggers = _instantiate_group(cfg.logger, "logger")
     assert {type(c).__name__ for c in callbacks} >= {"ModelCheckpoint", "EMAWeightAveraging", "Throughput"}
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, enable_progress_bar=False)
     assert isinstance(trainer, pl.Trainer)
     ema = next(c for c in callbacks if type(c).__name__ == "EMAWeightAveraging")
-    assert cfg.callbacks.ema.decay == (0.995 if task == "surrogate" else 0.999)
+    assert cfg.callbacks.ema.decay == cfg.model[task].ema_decay == (0.995 if task in ("surrogate", "pde_refiner")
+                                                                    else 0.999)
     assert ema is not None
     # hyper-parameters are plain containers (torch.load(weights_only=True) reads them)
     torch.save(dict(module.hparams), tmp_path / "hp.pt")
@@ -85,8 +91,14 @@ def test_compose_and_instantiate(experiment, task, tmp_path):
             assert torch.equal(module(x), x)  # zero-initialised residual: identity
             assert cfg.data.horizon == cfg.model.surrogate.module.unroll_max
         else:
-            out = module.model(x, x)
-            assert out.eps_next.shape == x.shape and out.logits_s1.shape == (2, 10)
+            S = module.model.n_levels
+            levels = torch.zeros(2, dtype=torch.long)
+            out = module.model(x, x, s2=levels, s1=levels)
+            assert out.eps_next.shape == x.shape and out.logits_s1.shape == (2, S)
+            expected = {"denoiser": 10, "thermalizer": 10, "pde_refiner": 4,
+                        "acdm": 200 if experiment.startswith("kolmogorov") else 100}[task]
+            assert S == expected
+            assert module.model.blind == (task in ("denoiser", "thermalizer"))
 
 
 @pytest.mark.parametrize("name,system", [("paper-kolmogorov", "kolmogorov"), ("paper-qg", "qg")])
@@ -112,7 +124,7 @@ def test_bad_task_is_refused(tmp_path):
     from sns.cli.train import train
 
     cfg = compose_train(["experiment=lorenz63_cpu"], tmp_path)
-    cfg.task = "thermalizer"
+    cfg.task = "no_such_task"
     with pytest.raises(ValueError, match="valid choices"):
         train(cfg)
 

@@ -1,8 +1,9 @@
-"""``sns-rollout``: roll out an exported surrogate, refined by an exported SNS pair denoiser
-(config: conf/rollout.yaml).
+"""``sns-rollout``: roll out an exported surrogate, refined by an exported SNS pair denoiser,
+or one of the baselines (config: conf/rollout.yaml).
 
 The models are rebuilt from their ``.safetensors`` files alone (:func:`sns.export.load_model`);
-the stepper is the surrogate, or :class:`sns.refine.SNSRefiner` wrapping it; the rollout is
+the stepper is the surrogate (Gaussian approximation), :class:`sns.refine.SNSRefiner` wrapping
+it, or a baseline of :mod:`sns.baselines` (the diffusion model's file says which); the rollout is
 :func:`sns.rollout.rollout` streaming to a zarr store, which resumes when the same command is
 run again.  Initial conditions are frames of a data set split, normalised like the training
 data (the models' files record the normalisation; a mismatch with the data set is an error).
@@ -31,14 +32,80 @@ def _check_norm(name: str, extra: dict[str, Any], data_attrs: dict[str, Any]) ->
                              f"{key}={data_attrs.get(key)!r}; use the same data set (or its normalisation)")
 
 
+METHODS = ("surrogate", "sns", "acdm", "thermalizer", "pde_refiner")
+
+
+def build_stepper(cfg: DictConfig, data_attrs: dict[str, Any], device: Any) -> tuple[Any, dict[str, Any]]:
+    """The stepper of ``cfg`` and the attrs that describe it.
+
+    The method follows from the files: no ``denoiser`` -> the surrogate alone (Gaussian
+    approximation, optional noise ``gaussian.sigma``); otherwise the ``method`` recorded in the
+    denoiser's file (``sns``, ``acdm``, ``thermalizer``, ``pde_refiner``; files written before
+    baselines existed are ``sns``).  SNS and the Thermalizer wrap the surrogate; ACDM and
+    PDE-Refiner are their own forecasters and refuse one.
+    """
+    from sns.baselines import ACDM, GaussianApproximation, PDERefiner, Thermalizer
+    from sns.export import load_model, load_schedule
+    from sns.refine import SNSRefiner
+
+    surrogate = None
+    attrs: dict[str, Any] = {"surrogate": None, "denoiser": None}
+    if cfg.surrogate is not None:
+        surrogate, s_extra = load_model(cfg.surrogate, device)
+        if s_extra.get("task") != "surrogate":
+            raise ValueError(f"{cfg.surrogate} holds a {s_extra.get('task')!r} model, expected a surrogate")
+        _check_norm(str(cfg.surrogate), s_extra, data_attrs)
+        attrs["surrogate"] = str(cfg.surrogate)
+    if cfg.denoiser is None:
+        if surrogate is None:
+            raise ValueError("nothing to roll out: give surrogate=<file> and/or denoiser=<file>")
+        g = OmegaConf.to_container(cfg.gaussian, resolve=True)
+        attrs.update(method="surrogate", gaussian=g)
+        return GaussianApproximation(surrogate, sigma=float(g["sigma"])), attrs
+    model, d_extra = load_model(cfg.denoiser, device)
+    if d_extra.get("task") != "denoiser":
+        raise ValueError(f"{cfg.denoiser} holds a {d_extra.get('task')!r} model, expected a diffusion model "
+                         "(sns-train task=denoiser|acdm|thermalizer|pde_refiner)")
+    _check_norm(str(cfg.denoiser), d_extra, data_attrs)
+    method = d_extra.get("method", "sns")
+    if method not in METHODS:
+        raise ValueError(f"{cfg.denoiser} records method {method!r}; valid choices: {METHODS}")
+    attrs.update(denoiser=str(cfg.denoiser), method=method)
+    needs_surrogate = method in ("sns", "thermalizer")
+    if needs_surrogate and surrogate is None:
+        raise ValueError(f"method {method!r} refines a surrogate's proposals: give surrogate=<file>")
+    if not needs_surrogate and surrogate is not None:
+        raise ValueError(f"method {method!r} forecasts on its own and uses no surrogate: set surrogate=null")
+    if method == "sns":
+        r = OmegaConf.to_container(cfg.refiner, resolve=True)
+        fixed = tuple(int(v) for v in r["fixed_levels"]) if r.get("fixed_levels") is not None else None
+        step: Any = SNSRefiner(model, load_schedule(d_extra), surrogate=surrogate, path=r["path"],
+                               proposal_sigma=float(r["proposal_sigma"]), skip_threshold=r.get("skip_threshold"),
+                               fixed_levels=fixed, clamp=r.get("clamp"))
+        attrs["refiner"] = r
+    elif method == "thermalizer":
+        t = OmegaConf.to_container(cfg.thermalizer, resolve=True)
+        step = Thermalizer(model, load_schedule(d_extra), surrogate, start=int(t["start"]), stop=int(t["stop"]),
+                           limit=None if t.get("limit") is None else int(t["limit"]), sigma=float(t["sigma"]),
+                           clamp=t.get("clamp"))
+        attrs["thermalizer"] = t
+    elif method == "acdm":
+        a = OmegaConf.to_container(cfg.acdm, resolve=True)
+        step = ACDM(model, load_schedule(d_extra), clamp=a.get("clamp"))
+        attrs["acdm"] = a
+    else:
+        p = d_extra.get("pde_refiner") or {}
+        step = PDERefiner(model, int(p.get("n_refinement_steps", 3)), float(p.get("min_noise_std", 4e-7)))
+        attrs["pde_refiner"] = p
+    return step.to(device), attrs
+
+
 def run_rollout(cfg: DictConfig) -> Any:
     """Build the stepper of ``cfg`` and roll it out; returns the :class:`sns.rollout.RolloutResult`."""
     import torch
 
     from sns.data.io import check_store
     from sns.data.windows import WindowDataset
-    from sns.export import load_model, load_schedule
-    from sns.refine import SNSRefiner
     from sns.rollout import rollout, state_rms
 
     if cfg.get("torch_threads"):
@@ -46,27 +113,10 @@ def run_rollout(cfg: DictConfig) -> Any:
     device = torch.device(cfg.device)
     split_path = Path(cfg.data_dir) / f"{cfg.split}.zarr"
     data_attrs = check_store(split_path)
-    surrogate, s_extra = load_model(cfg.surrogate, device)
-    if s_extra.get("task") != "surrogate":
-        raise ValueError(f"{cfg.surrogate} holds a {s_extra.get('task')!r} model, expected a surrogate")
-    _check_norm(str(cfg.surrogate), s_extra, data_attrs)
-    step: Any = surrogate
-    attrs: dict[str, Any] = {"surrogate": str(cfg.surrogate), "denoiser": None, "data_dir": str(cfg.data_dir),
-                             "split": cfg.split, "start_frame": int(cfg.start_frame),
-                             "norm_offset": data_attrs["norm_offset"], "norm_scale": data_attrs["norm_scale"],
-                             "system": data_attrs["system"]}
-    if cfg.denoiser is not None:
-        denoiser, d_extra = load_model(cfg.denoiser, device)
-        if d_extra.get("task") != "denoiser":
-            raise ValueError(f"{cfg.denoiser} holds a {d_extra.get('task')!r} model, expected a denoiser")
-        _check_norm(str(cfg.denoiser), d_extra, data_attrs)
-        r = OmegaConf.to_container(cfg.refiner, resolve=True)
-        fixed = tuple(int(v) for v in r["fixed_levels"]) if r.get("fixed_levels") is not None else None
-        step = SNSRefiner(denoiser, load_schedule(d_extra), surrogate=surrogate, path=r["path"],
-                          proposal_sigma=float(r["proposal_sigma"]), skip_threshold=r.get("skip_threshold"),
-                          fixed_levels=fixed, clamp=r.get("clamp")).to(device)
-        attrs["denoiser"] = str(cfg.denoiser)
-        attrs["refiner"] = r
+    step, attrs = build_stepper(cfg, data_attrs, device)
+    attrs.update({"data_dir": str(cfg.data_dir), "split": cfg.split, "start_frame": int(cfg.start_frame),
+                  "norm_offset": data_attrs["norm_offset"], "norm_scale": data_attrs["norm_scale"],
+                  "system": data_attrs["system"]})
     n = int(cfg.trajectories)
     ds = WindowDataset(split_path, history=1, horizon=1, stride=1)
     if n < 1 or n > len(ds.traj_index):
@@ -80,8 +130,7 @@ def run_rollout(cfg: DictConfig) -> Any:
                      seed=int(cfg.seed), data_rms=float(state_rms(x0).mean()),
                      blowup_factor=float(cfg.blowup_factor), max_wall_time=cfg.max_wall_time,
                      overwrite=bool(cfg.overwrite))
-    log.info("rollout %s: %d steps, status %s%s, %.1f s, calls/step %s -> %s", "refined" if cfg.denoiser else
-             "surrogate", result.steps_done, result.status, f" ({result.message})" if result.message else "",
+    log.info("rollout %s: %d steps, status %s%s, %.1f s, calls/step %s -> %s", attrs["method"], result.steps_done, result.status, f" ({result.message})" if result.message else "",
              result.wall_time, result.calls_mean, result.path)
     return result
 

@@ -34,8 +34,6 @@ from sns.cli import CONFIG_PATH
 
 log = logging.getLogger(__name__)
 
-TASKS = ("surrogate", "denoiser")
-
 
 def _instantiate_group(group: DictConfig | None, what: str) -> list[Any]:
     """Instantiate every entry of a callbacks / logger group that has a ``_target_``."""
@@ -80,10 +78,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from sns.export import save_model
     from sns.training.callbacks import Throughput
 
-    if cfg.task not in TASKS:
-        raise ValueError(f"unknown task {cfg.task!r}; valid choices: {TASKS}")
-    if cfg.task not in cfg.model:
-        raise ValueError(f"the model config has no {cfg.task!r} entry; it has {list(cfg.model)}")
+    tasks = [k for k, v in cfg.model.items() if isinstance(v, DictConfig) and "module" in v]
+    if cfg.task not in tasks:
+        raise ValueError(f"unknown task {cfg.task!r} for this model config; valid choices: {tasks}")
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
     pl.seed_everything(int(cfg.seed), workers=True)

@@ -9,6 +9,16 @@ minimise::
 The MSE is the mean over both states and all entries; CE is the mean cross-entropy of
 the S-way level heads.  Blind denoisers ignore the levels passed to them; explicit
 denoisers embed them.
+
+The same loss trains the baselines that are lines in the SNS phase space (``levels``):
+
+* ``"independent"`` (SNS): ``s1, s2`` independent and uniform -- the whole plane;
+* ``"diagonal"`` (ACDM): ``s2 = s1`` uniform, both states at the same level with their own
+  noise -- the diagonal (use an explicit denoiser and ``lambda_ce = 0``);
+* ``"unconditional"`` (Thermalizer): ``s2 = S - 1`` fixed, so ``x_{t-1}`` is (almost) pure
+  noise and carries no information: the network learns the invariant measure of ``x_t``
+  and its ``s1`` head is the Thermalizer's level classifier (paper: CE weight 1).  Only
+  ``eps_next`` and ``CE(s1)`` enter the loss (the ``x_{t-1}`` parts are uninformative).
 """
 
 from __future__ import annotations
@@ -21,7 +31,9 @@ from sns.diffusion.noising import noise_pair
 from sns.diffusion.schedules import Schedule
 from sns.nets.base import PairDenoiser
 
-__all__ = ["pair_dsm_loss"]
+__all__ = ["LEVEL_SAMPLING", "pair_dsm_loss"]
+
+LEVEL_SAMPLING = ("independent", "diagonal", "unconditional")
 
 
 def pair_dsm_loss(
@@ -31,6 +43,7 @@ def pair_dsm_loss(
     x_next: Tensor,
     lambda_ce: float = 0.1,
     generator: torch.Generator | None = None,
+    levels: str = "independent",
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Return ``(loss, parts)`` with ``parts = {"mse", "ce_s2", "ce_s1"}`` (detached).
 
@@ -39,20 +52,34 @@ def pair_dsm_loss(
         x_prev, x_next: clean states ``(B, ...)`` (the denoiser's ``state_shape``).
         lambda_ce: weight of the level-classification terms (paper: 0.1).
         generator: for the levels and the noise (reproducible tests).
+        levels: ``"independent"`` (SNS), ``"diagonal"`` (ACDM) or ``"unconditional"``
+            (Thermalizer); see the module docstring.
     """
     S = schedule.n_levels
     if denoiser.n_levels != S:
         raise ValueError(f"denoiser has n_levels={denoiser.n_levels} but the schedule has S={S}")
     denoiser.check_pair(x_prev, x_next)
+    if levels not in LEVEL_SAMPLING:
+        raise ValueError(f"unknown level sampling {levels!r}; valid choices: {LEVEL_SAMPLING}")
     B = x_prev.shape[0]
-    s2 = _randint(S, B, generator).to(x_prev.device)
     s1 = _randint(S, B, generator).to(x_prev.device)
+    if levels == "independent":
+        s2 = _randint(S, B, generator).to(x_prev.device)
+    elif levels == "diagonal":
+        s2 = s1.clone()
+    else:
+        s2 = torch.full_like(s1, S - 1)
     x_prev_s2, x_next_s1, e2, e1 = noise_pair(schedule, x_prev, x_next, s2, s1, generator=generator)
     out = denoiser(x_prev_s2, x_next_s1, s2=s2, s1=s1)
-    mse = 0.5 * (F.mse_loss(out.eps_prev, e2) + F.mse_loss(out.eps_next, e1))
-    ce_s2 = F.cross_entropy(out.logits_s2, s2)
     ce_s1 = F.cross_entropy(out.logits_s1, s1)
-    loss = mse + lambda_ce * (ce_s2 + ce_s1)
+    if levels == "unconditional":
+        mse = F.mse_loss(out.eps_next, e1)
+        ce_s2 = torch.zeros_like(ce_s1)
+        loss = mse + lambda_ce * ce_s1
+    else:
+        mse = 0.5 * (F.mse_loss(out.eps_prev, e2) + F.mse_loss(out.eps_next, e1))
+        ce_s2 = F.cross_entropy(out.logits_s2, s2)
+        loss = mse + lambda_ce * (ce_s2 + ce_s1)
     return loss, {"mse": mse.detach(), "ce_s2": ce_s2.detach(), "ce_s1": ce_s1.detach()}
 
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from sns.diffusion.noising import randn_like
+from sns.diffusion.noising import randn_like, table
 from sns.diffusion.sampling import ddpm_step
 from sns.diffusion.schedules import Schedule
 from sns.nets.base import PairDenoiser
@@ -288,6 +288,7 @@ def traverse(
     path: Path,
     clamp: float | None = None,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    condition: Tensor | None = None,
 ) -> Traversal:
     """Execute ``path`` with DDPM ancestral steps (:func:`sns.diffusion.sampling.ddpm_step`).
 
@@ -302,6 +303,11 @@ def traverse(
         clamp: clamp ``x0_hat`` in every step (state units).
         generator: one generator for the whole batch (fast), or one per sample (each sample
             then draws its own noise, so a batch gives exactly the samples run one by one).
+        condition: the clean ``x_{t-1}`` (``x_prev``'s shape).  When given, ``x_{t-1}`` is not
+            denoised by the network: every move of ``s2`` *re-noises* the condition to the new
+            coordinate with fresh noise (``sqrt(abar) c + sqrt(1 - abar) z``; clean at
+            ``s2 = 0``).  This is ACDM's sampler (Kohl et al. 2023), where the conditioning
+            part of the diffusion state is replaced by a forward-noised copy at every level.
 
     Returns:
         :class:`Traversal` with the states at the path's end and the call counts.
@@ -316,6 +322,8 @@ def traverse(
     per_sample = generator is not None and not isinstance(generator, torch.Generator)
     if per_sample and len(generator) != B:
         raise ValueError(f"got {len(generator)} generators for a batch of {B}")
+    if condition is not None and condition.shape != x_prev.shape:
+        raise ValueError(f"condition shape {tuple(condition.shape)} differs from x_prev {tuple(x_prev.shape)}")
     x_prev, x_next = x_prev.clone(), x_next.clone()
     device = x_prev.device
     points = path.points.to(device)  # (B, L, 2), or (1, L, 2) shared by all samples
@@ -334,8 +342,16 @@ def traverse(
                                 None if per_sample else generator)
         for c, x, eps, z in ((0, x_next, out.eps_next, z_next), (1, x_prev, out.eps_prev, z_prev)):
             m = move_k[idx, c]
-            if m.any():
-                rows = idx[m]
+            if not m.any():
+                continue
+            rows = idx[m]
+            if c == 1 and condition is not None:  # re-noise the clean condition to s2 - 1
+                new = s[m, c] - 1
+                abar = table(schedule.abar, (new - 1).clamp(min=0), x[rows])
+                noised = abar.sqrt() * condition[rows] + (1 - abar).sqrt() * z[m]
+                clean = (new == 0).reshape(-1, *([1] * (x.ndim - 1)))
+                x[rows] = torch.where(clean, condition[rows], noised)
+            else:
                 x[rows] = ddpm_step(schedule, x[rows], eps[m], s[m, c] - 1, z[m], clamp)
     calls = moves.any(-1).sum(1).expand(B)
     return Traversal(x_prev, x_next, calls, network_calls)

@@ -2,12 +2,13 @@
 
 from sns.training.callbacks import Throughput
 from sns.training.models import MODEL_KINDS, build_model, model_task, resolve_spec
-from sns.training.modules import PairDenoiserModule, SurrogateModule
+from sns.training.modules import PairDenoiserModule, PDERefinerModule, SurrogateModule
 from sns.training.terms import LossTerm, UnrollSchedule
 
 __all__ = [
     "MODEL_KINDS",
     "LossTerm",
+    "PDERefinerModule",
     "PairDenoiserModule",
     "SurrogateModule",
     "Throughput",

@@ -55,6 +55,12 @@ def _mlp_pair(**kw: Any) -> nn.Module:
     return MLPPairDenoiser(**kw)
 
 
+def _neural_ode(**kw: Any) -> nn.Module:
+    from sns.surrogates.neural_ode import NeuralODE
+
+    return NeuralODE(**kw)
+
+
 def _surrogate_preset(name: str) -> dict[str, Any]:
     from sns.nets.unet import surrogate_unet_config
 
@@ -70,13 +76,14 @@ def _pair_preset(variant: str) -> Callable[[str], dict[str, Any]]:
     return preset
 
 
-#: kind -> (constructor, preset lookup or None, task: "surrogate" | "denoiser")
+#: kind -> (constructor, preset lookup or None, task: "surrogate" | "denoiser" | ...)
 MODEL_KINDS: dict[str, tuple[Callable[..., nn.Module], Callable[[str], dict] | None, str]] = {
     "residual_unet": (_residual_unet, _surrogate_preset, "surrogate"),
     "residual_mlp": (_residual_mlp, None, "surrogate"),
     "blind_pair_unet": (_blind_pair_unet, _pair_preset("blind"), "denoiser"),
     "explicit_pair_unet": (_explicit_pair_unet, _pair_preset("explicit"), "denoiser"),
     "mlp_pair": (_mlp_pair, None, "denoiser"),
+    "neural_ode": (_neural_ode, None, "neural_ode"),
 }
 
 

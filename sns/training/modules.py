@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from sns.training.models import build_model, model_task, resolve_spec
 from sns.training.terms import LossTerm, UnrollSchedule, term_name
 
-__all__ = ["PairDenoiserModule", "SurrogateModule"]
+__all__ = ["PDERefinerModule", "PairDenoiserModule", "SurrogateModule"]
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
@@ -256,6 +256,9 @@ class PairDenoiserModule(_Base):
         val_rollout_steps: length of the refined-persistence validation rollout (0: off).
         val_rollout_path: path of that refiner (``"A"``, ``"B"``, ``"C"``, ``"fix_s2"``).
         val_seed: seed of the validation noise.
+        levels: level sampling of the loss (:func:`sns.diffusion.pair_dsm_loss`):
+            ``"independent"`` (SNS), ``"diagonal"`` (ACDM), ``"unconditional"`` (Thermalizer).
+            The exported file records the method (``sns``, ``acdm``, ``thermalizer``).
     """
 
     task = "denoiser"
@@ -275,10 +278,18 @@ class PairDenoiserModule(_Base):
         val_rollout_path: str = "A",
         val_seed: int = 0,
         loss_terms: Sequence[LossTerm] | None = None,
+        levels: str = "independent",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "loss_terms"])
         from sns.diffusion import make_schedule
+        from sns.diffusion.loss import LEVEL_SAMPLING
+
+        if levels not in LEVEL_SAMPLING:
+            raise ValueError(f"unknown levels {levels!r}; valid choices: {LEVEL_SAMPLING}")
+        if levels != "independent" and val_rollout_steps:
+            raise ValueError(f"val_rollout_steps refines with SNS and needs levels='independent', got {levels!r}")
+        self.levels = levels
 
         self._setup_common(net, optimizer, scheduler, scheduler_interval, loss_terms)
         self.schedule = make_schedule(schedule, n_levels, **dict(schedule_kwargs or {}))
@@ -308,7 +319,7 @@ class PairDenoiserModule(_Base):
         from sns.diffusion import pair_dsm_loss
 
         x_prev, x_next = self._pairs(batch)
-        loss, parts = pair_dsm_loss(self.model, self.schedule, x_prev, x_next, self.lambda_ce)
+        loss, parts = pair_dsm_loss(self.model, self.schedule, x_prev, x_next, self.lambda_ce, levels=self.levels)
         for k, v in parts.items():
             self.log(f"train/{k}", v, prog_bar=k == "mse")
         outputs = {"inputs": x_prev, "x_prev": x_prev, "x_next": x_next, "parts": parts}
@@ -330,16 +341,19 @@ class PairDenoiserModule(_Base):
         g = self._generator(batch_idx)
         x_prev, x_next = batch[:, 0], batch[:, 1]
         B = x_prev.shape[0]
-        loss, parts = pair_dsm_loss(self.model, self.schedule, x_prev, x_next, self.lambda_ce, generator=g)
+        loss, parts = pair_dsm_loss(self.model, self.schedule, x_prev, x_next, self.lambda_ce, generator=g,
+                                    levels=self.levels)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=B)
         for k, v in parts.items():
             self.log(f"val/{k}", v, sync_dist=True, batch_size=B)
         S = self.schedule.n_levels
-        s2 = torch.randint(0, S, (B,), generator=g, device=self.device)
         s1 = torch.randint(0, S, (B,), generator=g, device=self.device)
+        s2 = {"independent": lambda: torch.randint(0, S, (B,), generator=g, device=self.device),
+              "diagonal": lambda: s1.clone(), "unconditional": lambda: torch.full_like(s1, S - 1)}[self.levels]()
         xp, xn, _, _ = noise_pair(self.schedule, x_prev, x_next, s2, s1, generator=g)
         l2, l1 = self.model.estimate_levels(xp, xn)
-        for name, logits, s in (("s2", l2, s2), ("s1", l1, s1)):
+        heads = (("s2", l2, s2), ("s1", l1, s1)) if self.levels == "independent" else (("s1", l1, s1),)
+        for name, logits, s in heads:
             est = logits.argmax(-1)
             self.log(f"val/acc_{name}", (est == s).float().mean(), sync_dist=True, batch_size=B)
             self.log(f"val/level_mae_{name}", (est - s).abs().float().mean(), sync_dist=True, batch_size=B)
@@ -363,4 +377,71 @@ class PairDenoiserModule(_Base):
         self._val_sse = None
 
     def export_extra(self) -> dict[str, Any]:
-        return {"task": self.task, "schedule": dict(self.schedule_spec)}
+        method = {"independent": "sns", "diagonal": "acdm", "unconditional": "thermalizer"}[self.levels]
+        return {"task": self.task, "method": method, "schedule": dict(self.schedule_spec)}
+
+
+class PDERefinerModule(_Base):
+    """PDE-Refiner (:mod:`sns.baselines.pde_refiner`) trained by its v-prediction loss.
+
+    Pairs ``(x_0, x_1)`` of each window; logs ``train/loss`` and ``val/loss`` (the same loss on
+    validation pairs with noise from a seeded generator) and ``val/rmse_1``, the RMSE of the full
+    ``K + 1``-call prediction against the truth (normalised units).
+
+    Args:
+        net: model spec of an explicit denoiser kind (``explicit_pair_unet``, ``mlp_pair`` with
+            ``blind: false``) with ``n_levels = n_refinement_steps + 1``.
+        n_refinement_steps: K (paper: 3).
+        min_noise_std: the schedule's minimum (paper: 4e-7).
+        optimizer, scheduler, scheduler_interval, loss_terms, val_seed: as :class:`PairDenoiserModule`.
+    """
+
+    task = "denoiser"
+
+    def __init__(
+        self,
+        net: Mapping[str, Any],
+        n_refinement_steps: int = 3,
+        min_noise_std: float = 4e-7,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        scheduler_interval: str = "epoch",
+        val_seed: int = 0,
+        loss_terms: Sequence[LossTerm] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "loss_terms"])
+        from sns.baselines.pde_refiner import _check, pde_refiner_schedule
+
+        self._setup_common(net, optimizer, scheduler, scheduler_interval, loss_terms)
+        pde_refiner_schedule(n_refinement_steps, min_noise_std)  # validates both
+        _check(self.model, n_refinement_steps)
+        self.K = int(n_refinement_steps)
+        self.min_noise_std = float(min_noise_std)
+        self.val_seed = int(val_seed)
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        from sns.baselines.pde_refiner import pde_refiner_loss
+
+        x_prev, x_next = batch[:, 0], batch[:, 1]
+        loss = pde_refiner_loss(self.model, x_prev, x_next, self.K, self.min_noise_std)
+        self.log("train/mse", loss.detach(), prog_bar=True)
+        loss = self._add_terms(loss, batch, {"inputs": x_prev, "x_prev": x_prev, "x_next": x_next})
+        self.log("train/loss", loss.detach())
+        return loss
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        from sns.baselines.pde_refiner import PDERefiner, pde_refiner_loss
+
+        g = torch.Generator(device=self.device)
+        g.manual_seed(self.val_seed * 1_000_003 + batch_idx)
+        x_prev, x_next = batch[:, 0], batch[:, 1]
+        B = x_prev.shape[0]
+        loss = pde_refiner_loss(self.model, x_prev, x_next, self.K, self.min_noise_std, generator=g)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=B)
+        pred = PDERefiner(self.model, self.K, self.min_noise_std)(x_prev, generator=g)
+        self.log("val/rmse_1", F.mse_loss(pred, x_next).sqrt(), sync_dist=True, batch_size=B)
+
+    def export_extra(self) -> dict[str, Any]:
+        return {"task": self.task, "method": "pde_refiner",
+                "pde_refiner": {"n_refinement_steps": self.K, "min_noise_std": self.min_noise_std}}

@@ -1,0 +1,49 @@
+"""Gaussian approximation: the deterministic surrogate rolled out alone.
+
+``x_n = F(x_{n-1}) + sigma z_n``, ``z_n ~ N(0, I)``.  With ``sigma = 0`` this is the plain
+surrogate (the paper's "Gaussian approximation": a deterministic network trained with MSE is
+the mean of a Gaussian transition density); ``sigma > 0`` makes it a stochastic emulator
+with a fixed isotropic Gaussian transition, as in the Thermalizer paper's noisy rollouts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from sns.diffusion.noising import randn_like
+
+__all__ = ["GaussianApproximation"]
+
+
+class GaussianApproximation(nn.Module):
+    """Stepper ``x -> F(x) + sigma z``; one network call per sample and step.
+
+    Args:
+        surrogate: any ``nn.Module`` or callable ``(B, *state) -> (B, *state)``.
+        sigma: std of the added noise (state units, >= 0).
+    """
+
+    def __init__(self, surrogate: nn.Module | Callable[[Tensor], Tensor], sigma: float = 0.0) -> None:
+        super().__init__()
+        if not callable(surrogate):
+            raise TypeError(f"surrogate must be an nn.Module or a callable, got {type(surrogate).__name__}")
+        if not sigma >= 0:
+            raise ValueError(f"sigma must be >= 0, got {sigma!r}")
+        self.surrogate = surrogate
+        self.sigma = float(sigma)
+        self.last_calls: int | None = None
+
+    @torch.no_grad()
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``(B, *state) -> (B, *state)``."""
+        out = self.surrogate(x)
+        if not isinstance(out, Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"the surrogate must return a tensor of the state's shape {tuple(x.shape)}, got {got}")
+        if self.sigma > 0:
+            out = out + self.sigma * randn_like(out, generator)
+        self.last_calls = 1
+        return out
