@@ -128,11 +128,11 @@ from sns.data import schema
 __all__ = [
     "STATUSES",
     "Callback",
-    "StopRollout",
     "RMSSeries",
     "RolloutResult",
     "RunningMoments",
     "Stepper",
+    "StopRollout",
     "default_dims",
     "open_rollout",
     "rollout",

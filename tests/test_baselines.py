@@ -2,15 +2,21 @@
 PDE-Refiner schedule, and each baseline trained for a few steps through sns-train and rolled out
 through sns-rollout on tiny Lorenz-63 data."""
 
-import math
 
 import numpy as np
 import pytest
 import torch
 
-from sns.baselines import ACDM, GaussianApproximation, PDERefiner, Thermalizer, pde_refiner_loss, pde_refiner_schedule
+from sns.baselines import (
+    ACDM,
+    GaussianApproximation,
+    PDERefiner,
+    Thermalizer,
+    pde_refiner_loss,
+    pde_refiner_schedule,
+)
 from sns.data.generate import generate_dataset
-from sns.diffusion import linear_schedule, cosine_schedule
+from sns.diffusion import cosine_schedule, linear_schedule
 from sns.diffusion.paths import acdm_path, traverse
 from sns.export import load_model
 from sns.nets.base import DenoiserOutput, PairDenoiser

@@ -47,9 +47,10 @@ def test_schema_and_attrs(tmp_path):
     assert open_dataset(out, "test").attrs["norm_scale"] == a["norm_scale"]
     assert "lorenz63" in summary(out)
     # the frames follow the solver exactly
-    from sns.systems.lorenz import Lorenz63
     import torch
+
     from sns.data.generate import trajectory_seed
+    from sns.systems.lorenz import Lorenz63
     sys = Lorenz63(dtype=torch.float32)  # generate_dataset's default solver precision
     u = sys.initial_condition(1, torch.Generator().manual_seed(trajectory_seed(0, "train", 3)))
     u = sys.step(u, 50 + 5 * 7)

@@ -1,0 +1,377 @@
+"""``sns-evaluate``: compare rollouts of any number of methods with a reference (config:
+conf/evaluate.yaml).
+
+    sns-evaluate reference=data/kolmogorov-cpu/test.zarr +rollouts.sns=r/sns.zarr \\
+        +rollouts.surrogate=r/sur.zarr out_dir=outputs/report
+
+Inputs: the reference is a data-set split store (:mod:`sns.data.io`, physical units) or a
+rollout store; rollouts are :mod:`sns.rollout` stores.  Rollout states are in the normalised
+units of their training data, ``x_norm = (x - norm_offset) / norm_scale``: a store whose attrs
+carry ``norm_offset``/``norm_scale`` (``sns-rollout`` writes them) is converted back to physical
+units; a store without them is taken to be in the reference's units.
+
+Everything is streamed in time chunks of ``chunk`` steps, so a 10^5-step rollout is never
+loaded whole; only the first ``corr_steps`` states (for C(tau)) and the snapshot frames are.
+
+Metrics (one row per method; the reference's own row where meaningful), all in physical units:
+
+* ``status``, ``steps`` (states written after the initial one), ``stop_step`` (blow-up or
+  non-finite step, from the rollout attrs), ``calls_mean`` / ``calls_max`` (network calls per
+  sample and step, from the store's ``calls``), ``steps_per_s`` (steps / recorded wall time);
+* fields: ``spec_max_rel`` (max over shells 1..N/2-1 of |E - E_ref| / E_ref of the time-mean
+  spectra), ``spec_log_l2`` (:func:`sns.metrics.spectrum_distance` over the same shells: the
+  corner shells beyond N/2 hold almost no energy in truncated data), ``corr_err`` (max over
+  tau <= ``max_lag`` of |C(tau) - C_ref(tau)|, paper's C(tau)), ``enstrophy_ratio`` (time-mean
+  ``<w^2>/2`` over the reference's), and ``t_corr_<c>``: steps until the Pearson correlation
+  with the reference trajectory from the same initial condition falls below ``c`` (only when the
+  rollout records its source: attrs ``split`` = the reference split's name and ``start_frame``);
+* vector states: ``w1_mean`` (per-coordinate Wasserstein-1 of the invariant measures, mean over
+  coordinates), ``std_ratio`` (mean over coordinates), ``acf_err`` (max |autocorrelation error|
+  over lags <= ``max_lag``).
+
+Statistics of the invariant measure (spectra, enstrophy, W1) use the states after ``burn``
+steps.  Figures (PNG): snapshots side by side (fields), time-mean spectra, spectra at chosen
+steps, C(tau), R(t), Pearson correlation vs time, enstrophy vs time; vector systems:
+marginal histograms, autocorrelation, R(t).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from sns.cli import CONFIG_PATH
+
+log = logging.getLogger(__name__)
+
+REFERENCE = "reference"
+
+
+class Source:
+    """A store seen as physical-unit arrays ``(B, T, *state)`` read lazily in time chunks."""
+
+    def __init__(self, path: str | Path, reference_units: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        import xarray as xr
+
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"store {self.path} does not exist")
+        ds = xr.open_zarr(str(self.path), consolidated=False)
+        self.attrs = dict(ds.attrs)
+        self.is_rollout = "rollout_status" in self.attrs
+        if self.is_rollout:
+            from sns.rollout import open_rollout
+
+            ds = open_rollout(self.path)
+            var = ds.attrs.get("rollout_config", {}).get("variable", "state")
+        else:
+            names = [v for v in ds.data_vars]
+            if len(names) != 1:
+                raise ValueError(f"{self.path}: expected one data variable, found {names}")
+            var = names[0]
+        arr = ds[var]
+        if arr.ndim == 4 and not self.is_rollout:  # (traj, time, y, x) -> add the channel axis
+            arr = arr.expand_dims("channel", axis=2)
+        self.array = arr
+        self.ds = ds
+        self.field = arr.ndim == 5
+        C = arr.shape[2]
+        if "norm_offset" in self.attrs and self.is_rollout:
+            off = np.asarray(self.attrs["norm_offset"], dtype=np.float64)
+            sc = np.asarray(self.attrs["norm_scale"], dtype=np.float64)
+        else:
+            off, sc = np.zeros(C), np.ones(C)
+        shape = (1, 1, C, 1, 1) if self.field else (1, 1, C)
+        self.offset, self.scale = off.reshape(shape), sc.reshape(shape)
+        self.dt = None
+        if self.is_rollout and "t" in ds.coords and ds.sizes.get("time", 0) > 1:
+            self.dt = float(ds["t"].values[1] - ds["t"].values[0])
+        elif "dt" in self.attrs:
+            self.dt = float(self.attrs["dt"]) * int(self.attrs.get("save_every", 1))
+
+    @property
+    def n_time(self) -> int:
+        return int(self.array.shape[1])
+
+    def read(self, start: int, stop: int, traj: slice = slice(None)) -> np.ndarray:
+        x = np.asarray(self.array[traj, start:stop].values, dtype=np.float64)
+        return x * self.scale + self.offset
+
+    def chunks(self, start: int = 0, chunk: int = 500) -> Iterator[tuple[int, np.ndarray]]:
+        for a in range(start, self.n_time, chunk):
+            yield a, self.read(a, min(a + chunk, self.n_time))
+
+
+def _flat(x: np.ndarray) -> np.ndarray:
+    return x.reshape(*x.shape[:2], -1)
+
+
+def _field_stats(src: Source, burn: int, chunk: int, corr_steps: int, max_lag: int,
+                 spectrum_steps: Sequence[int]) -> dict[str, Any]:
+    from sns.metrics import (
+        RunningSpectrum,
+        energy_spectrum,
+        rate_of_change,
+        spatiotemporal_correlation,
+    )
+
+    C = src.array.shape[2]
+    spec = RunningSpectrum(frame_ndim=2 if C == 1 else 3)
+    ens, rate, prev = [], [], None
+    start = burn if src.n_time > burn + 1 else 0
+    for a, x in src.chunks(0, chunk):
+        ens.append((0.5 * x**2).mean(axis=(0, 2, 3, 4)))  # mean over trajectories: (t,)
+        frames = x if prev is None else np.concatenate([prev, x], axis=1)
+        if src.dt and frames.shape[1] > 1:
+            rate.append(rate_of_change(_flat(frames), src.dt, time_axis=1).mean(0))
+        prev = x[:, -1:]
+        lo = max(start - a, 0)
+        if lo < x.shape[1]:
+            spec.update(x[:, lo:, 0] if C == 1 else x[:, lo:])
+    k, stats = spec.result()
+    head = src.read(0, min(corr_steps + 1, src.n_time))
+    lag = min(max_lag, head.shape[1] - 1)
+    corr = spatiotemporal_correlation(_flat(head), lag, time_axis=1) if lag >= 1 else np.ones(1)
+    at = {}
+    for t in spectrum_steps:
+        if t < src.n_time:
+            frame = src.read(t, t + 1)[:, 0]
+            at[t] = energy_spectrum(frame[:, 0] if C == 1 else frame)[1].mean(0)
+    return {"k": k, "spectrum": stats["mean"], "enstrophy": np.concatenate(ens),
+            "rate": np.concatenate(rate) if rate else np.zeros(0), "corr": corr, "spectra_at": at}
+
+
+def _vector_stats(src: Source, burn: int, chunk: int, max_lag: int, max_samples: int) -> dict[str, Any]:
+    from sns.metrics import autocorrelation, rate_of_change
+
+    start = burn if src.n_time > burn + 1 else 0
+    B = src.array.shape[0]
+    stride = max(1, (B * (src.n_time - start)) // max_samples)
+    samples, rate, prev = [], [], None
+    for a, x in src.chunks(0, chunk):
+        frames = x if prev is None else np.concatenate([prev, x], axis=1)
+        if src.dt and frames.shape[1] > 1:
+            rate.append(rate_of_change(frames, src.dt, time_axis=1).mean(0))
+        prev = x[:, -1:]
+        idx = np.arange(x.shape[1]) + a
+        sel = (idx >= start) & ((idx - start) % stride == 0)
+        samples.append(x[:, sel].reshape(-1, x.shape[-1]))
+    head = src.read(0, min(20 * max_lag + 1, src.n_time))
+    lag = min(max_lag, head.shape[1] - 1)
+    acf = autocorrelation(head, lag, time_axis=1) if lag >= 1 else np.ones((1, head.shape[-1]))
+    return {"samples": np.concatenate(samples), "rate": np.concatenate(rate) if rate else np.zeros(0),
+            "acf": acf, "stride": stride}
+
+
+def _pearson(src: Source, ref: Source, chunk: int) -> np.ndarray | None:
+    """Pearson correlation per step against the reference trajectory from the same initial
+    condition (mean over trajectories), or None if the rollout does not record its source."""
+    from sns.metrics import pearson_series
+
+    a = src.attrs
+    if not src.is_rollout or "start_frame" not in a or a.get("split") != ref.path.stem.split(".")[0]:
+        return None
+    s0, B = int(a["start_frame"]), src.array.shape[0]
+    if B > ref.array.shape[0] or s0 >= ref.n_time:
+        return None
+    n = min(src.n_time, ref.n_time - s0)
+    out = []
+    for t in range(0, n, chunk):
+        u = min(t + chunk, n)
+        out.append(pearson_series(_flat(src.read(t, u)), _flat(ref.read(s0 + t, s0 + u, slice(0, B))), 1).mean(0))
+    return np.concatenate(out)
+
+
+def _rollout_info(src: Source) -> dict[str, Any]:
+    a = src.attrs
+    info: dict[str, Any] = {"status": a.get("rollout_status", "-"), "steps": src.n_time - 1,
+                            "stop_step": a.get("rollout_stop_step")}
+    if "calls" in src.ds and src.n_time > 1:
+        calls = np.asarray(src.ds["calls"][:, 1:].values)
+        calls = calls[calls >= 0]
+        if calls.size:
+            info["calls_mean"], info["calls_max"] = float(calls.mean()), int(calls.max())
+    wall = (a.get("rollout_checkpoint") or {}).get("wall_time_s")
+    if wall:
+        info["steps_per_s"] = (src.n_time - 1) / float(wall)
+    return info
+
+
+def evaluate(
+    reference: str | Path,
+    rollouts: Mapping[str, str | Path],
+    out_dir: str | Path,
+    *,
+    chunk: int = 500,
+    burn: int = 0,
+    max_lag: int = 20,
+    corr_steps: int = 200,
+    snapshot_steps: Sequence[int] | None = None,
+    spectrum_steps: Sequence[int] | None = None,
+    thresholds: Sequence[float] = (0.8, 0.9, 0.95),
+    max_samples: int = 200_000,
+) -> dict[str, Any]:
+    """Write the report of ``rollouts`` (``{method: store}``) against ``reference`` to ``out_dir``.
+
+    Returns ``{"rows": [{metric: value}], "figures": [paths], "table": markdown}`` (module
+    docstring for the metrics).  ``snapshot_steps`` / ``spectrum_steps``: steps shown in the
+    snapshot figure and in the spectra-at-times figure (default: 5 / 3 steps spread over the
+    longest rollout).
+    """
+    from sns.metrics import spectrum_distance, wasserstein1_per_coordinate
+    from sns.plots import plot_lines, plot_marginals, plot_snapshots, plot_spectra
+
+    if not rollouts:
+        raise ValueError("no rollouts to evaluate: give at least one {method: store}")
+    for name, v in (("chunk", chunk), ("max_lag", max_lag)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ref = Source(reference)
+    srcs = {name: Source(p) for name, p in rollouts.items()}
+    for name, s in srcs.items():
+        if s.array.shape[2:] != ref.array.shape[2:]:
+            raise ValueError(f"rollout {name!r} has states of shape {tuple(s.array.shape[2:])} but the reference "
+                             f"{tuple(ref.array.shape[2:])}")
+    longest = max(s.n_time for s in srcs.values())
+    span = max(longest, ref.n_time)  # x axis of the time-series figures
+    rows: list[dict[str, Any]] = []
+    figures: list[Path] = []
+    dt = ref.dt or next((s.dt for s in srcs.values() if s.dt), None) or 1.0
+    if ref.field:
+        snap = list(snapshot_steps) if snapshot_steps is not None else sorted(
+            {int(v) for v in np.linspace(0, longest - 1, 5)})
+        spec_t = list(spectrum_steps) if spectrum_steps is not None else sorted(
+            {int(v) for v in np.linspace(0, longest - 1, 3)})
+        stats = {REFERENCE: _field_stats(ref, 0, chunk, corr_steps, max_lag, spec_t)}
+        for name, s in srcs.items():
+            stats[name] = _field_stats(s, burn, chunk, corr_steps, max_lag, spec_t)
+        rs = stats[REFERENCE]
+        N = ref.array.shape[-1]
+        shells = slice(1, N // 2)
+        pear = {name: _pearson(s, ref, chunk) for name, s in srcs.items()}
+        for name in [REFERENCE, *srcs]:
+            st = stats[name]
+            row: dict[str, Any] = {"method": name}
+            row.update(_rollout_info(srcs[name]) if name != REFERENCE else
+                       {"status": "-", "steps": ref.n_time - 1})
+            rel, log_l2 = spectrum_distance(st["spectrum"][..., shells], rs["spectrum"][..., shells])
+            row["spec_max_rel"] = float(np.nanmax(rel))
+            row["spec_log_l2"] = float(np.mean(log_l2))
+            lag = min(len(st["corr"]), len(rs["corr"]))
+            row["corr_err"] = float(np.max(np.abs(st["corr"][:lag] - rs["corr"][:lag])))
+            b = burn if name != REFERENCE and len(st["enstrophy"]) > burn + 1 else 0
+            row["enstrophy_ratio"] = float(st["enstrophy"][b:].mean() / rs["enstrophy"].mean())
+            if name != REFERENCE:
+                from sns.metrics import correlation_time
+
+                p = pear[name]
+                for c in thresholds:
+                    row[f"t_corr_{c:g}"] = (None if p is None else correlation_time(p, [c])[c])
+            rows.append(row)
+        # figures
+        frames = {}
+        for name, s in [(REFERENCE, ref), *srcs.items()]:
+            panel = np.full((len(snap), *ref.array.shape[-2:]), np.nan)
+            for i, t in enumerate(snap):
+                if t < s.n_time:
+                    panel[i] = s.read(t, t + 1, slice(0, 1))[0, 0, 0]
+            frames[name] = panel
+        figures.append(out / "snapshots.png")
+        plot_snapshots(frames, snap, title="channel 0 (trajectory 0)", path=figures[-1])
+        figures.append(out / "spectra_time_mean.png")
+        kk = rs["k"][: N // 2]
+        plot_spectra(kk, {n: (st["spectrum"] if st["spectrum"].ndim == 1 else st["spectrum"].sum(0))[: N // 2]
+                          for n, st in stats.items()}, path=figures[-1])
+        for t in spec_t:
+            sp = {n: st["spectra_at"][t] for n, st in stats.items() if t in st["spectra_at"]}
+            sp = {n: (e if e.ndim == 1 else e.sum(0))[: N // 2] for n, e in sp.items()}
+            figures.append(out / f"spectra_step_{t}.png")
+            plot_spectra(kk, sp, title=f"energy spectrum at step {t}", path=figures[-1])
+        figures.append(out / "corr_tau.png")
+        plot_lines(np.arange(max_lag + 1) * dt, {n: st["corr"] for n, st in stats.items()}, "lag tau (time units)",
+                   "C(tau)", "spatio-temporal correlation C(tau)", path=figures[-1])
+        figures.append(out / "rate_of_change.png")
+        plot_lines(np.arange(1, span + 1) * dt, {n: st["rate"] for n, st in stats.items() if len(st["rate"])},
+                   "time", "R(t) = mean |dx/dt|", "rate of change R(t)", path=figures[-1])
+        figures.append(out / "enstrophy.png")
+        plot_lines(np.arange(span) * dt, {n: st["enstrophy"] for n, st in stats.items()}, "time",
+                   "<w^2>/2", "enstrophy vs time", path=figures[-1])
+        if any(p is not None for p in pear.values()):
+            figures.append(out / "correlation_vs_time.png")
+            plot_lines(np.arange(span) * dt, {n: p for n, p in pear.items() if p is not None}, "time",
+                       "Pearson correlation", "correlation with the reference trajectory", hlines=thresholds,
+                       path=figures[-1])
+    else:
+        stats = {REFERENCE: _vector_stats(ref, 0, chunk, max_lag, max_samples)}
+        for name, s in srcs.items():
+            stats[name] = _vector_stats(s, burn, chunk, max_lag, max_samples)
+        rs = stats[REFERENCE]
+        for name in [REFERENCE, *srcs]:
+            st = stats[name]
+            row = {"method": name}
+            row.update(_rollout_info(srcs[name]) if name != REFERENCE else {"status": "-", "steps": ref.n_time - 1})
+            if name != REFERENCE and len(st["samples"]):
+                row["w1_mean"] = float(np.mean(wasserstein1_per_coordinate(st["samples"], rs["samples"])))
+                row["std_ratio"] = float(np.mean(st["samples"].std(0) / rs["samples"].std(0)))
+                lag = min(len(st["acf"]), len(rs["acf"]))
+                row["acf_err"] = float(np.nanmax(np.abs(st["acf"][:lag] - rs["acf"][:lag])))
+            rows.append(row)
+        figures.append(out / "marginals.png")
+        plot_marginals({n: st["samples"] for n, st in stats.items()}, path=figures[-1])
+        figures.append(out / "autocorrelation.png")
+        plot_lines(np.arange(max_lag + 1) * dt, {n: st["acf"].mean(-1) for n, st in stats.items()},
+                   "lag (time units)", "autocorrelation (mean over coordinates)", "autocorrelation",
+                   path=figures[-1])
+        figures.append(out / "rate_of_change.png")
+        plot_lines(np.arange(1, span + 1) * dt, {n: st["rate"] for n, st in stats.items() if len(st["rate"])},
+                   "time", "R(t) = mean |dx/dt|", "rate of change R(t)", path=figures[-1])
+    table = _markdown(rows)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(out / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    (out / "metrics.json").write_text(json.dumps(rows, indent=1, default=float))
+    (out / "metrics.md").write_text(f"Reference: {ref.path}\n\n{table}\n")
+    print(table)
+    return {"rows": rows, "figures": figures, "table": table, "out_dir": out}
+
+
+def _markdown(rows: list[dict[str, Any]]) -> str:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.3g}"
+        return str(v)
+
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(fmt(r.get(k)) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    try:
+        kw = OmegaConf.to_container(cfg.options, resolve=True)
+        evaluate(cfg.reference, OmegaConf.to_container(cfg.rollouts, resolve=True), cfg.out_dir, **kw)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"sns-evaluate: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
