@@ -87,6 +87,14 @@ SYSTEM_LAYOUT: dict[str, dict] = {
         "time_units": "MTU",
         "pooled_stats": True,  # statistically homogeneous: one mean/std for all coordinates
     },
+    "hodgkin_huxley": {
+        "variable": "state",
+        "dims": (DIM,),
+        "units": "mV (V), 1 (m, h, n)",
+        "long_name": "Hodgkin-Huxley state (V, m, h, n): membrane potential and gating variables",
+        "space_units": "1",
+        "time_units": "ms",
+    },
 }
 
 

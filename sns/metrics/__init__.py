@@ -1,9 +1,31 @@
 """Evaluation metrics: energy spectra, energy and enstrophy of fields
-(:mod:`sns.metrics.fields`), and time-series metrics of rollouts (:mod:`sns.metrics.series`).
+(:mod:`sns.metrics.fields`), time-series metrics of rollouts (:mod:`sns.metrics.series`), and the
+chaos / delay-embedding toolkit (:mod:`sns.metrics.chaos`: mutual-information delay, false nearest
+neighbours, correlation dimension, Lyapunov exponents, PSD, divergence error, interspike intervals).
 
 All functions take numpy arrays or torch tensors and return numpy ``float64`` results.
 """
 
+from sns.metrics.chaos import (
+    DelayEmbedding,
+    correlation_dimension,
+    correlation_sum,
+    delay_embed,
+    divergence_error,
+    embed,
+    false_nearest_neighbours,
+    fnn_dimension,
+    interspike_intervals,
+    isi_error,
+    largest_lyapunov_qr,
+    local_divergence,
+    lyapunov_qr,
+    lyapunov_rosenstein,
+    mi_delay,
+    mutual_information,
+    power_spectral_density,
+    rosenstein_divergence,
+)
 from sns.metrics.fields import (
     RunningSpectrum,
     energy_spectrum,
@@ -24,6 +46,25 @@ from sns.metrics.series import (
 )
 
 __all__ = [
+    "DelayEmbedding",
+    "correlation_dimension",
+    "correlation_sum",
+    "delay_embed",
+    "divergence_error",
+    "embed",
+    "false_nearest_neighbours",
+    "fnn_dimension",
+    "interspike_intervals",
+    "isi_error",
+    "largest_lyapunov_qr",
+    "local_divergence",
+    "lyapunov_qr",
+    "lyapunov_rosenstein",
+    "mi_delay",
+    "mutual_information",
+    "power_spectral_density",
+    "rosenstein_divergence",
+
     "RunningSpectrum",
     "autocorrelation",
     "blowup_step",
