@@ -78,7 +78,8 @@ def train_all(args, data_root: Path, budget: list[str] | None = None, extra: lis
     return info
 
 
-def steppers(args) -> dict[str, object]:
+def steppers(args, clean_conditioning: bool = False) -> dict[str, object]:
+    """Every method as a stepper, built from the models that :func:`train_all` exported."""
     from sns.baselines import ACDM, GaussianApproximation, PDERefiner, Thermalizer
     from sns.export import load_model, load_schedule
     from sns.refine import SNSRefiner
@@ -92,18 +93,21 @@ def steppers(args) -> dict[str, object]:
     therm, tx = load("thermalizer")
     pde, px = load("pde_refiner")
     sch = load_schedule(dx)
-    return {
+    methods = {
         "Gaussian approx. (surrogate)": GaussianApproximation(sur),
         "SNS path A (estimated levels)": SNSRefiner(den, sch, sur, path="A"),
         "SNS path A, fixed levels (0,0)": SNSRefiner(den, sch, sur, path="A", fixed_levels=(0, 0)),
         "SNS path B": SNSRefiner(den, sch, sur, path="B"),
         "SNS path C": SNSRefiner(den, sch, sur, path="C"),
         "SNS fix s2": SNSRefiner(den, sch, sur, path="fix_s2"),
-        f"ACDM (S = {args.acdm_levels})": ACDM(acdm, load_schedule(ax)),
-        f"Thermalizer {args.therm_start}/{args.therm_stop}": Thermalizer(
-            therm, load_schedule(tx), sur, start=args.therm_start, stop=args.therm_stop, limit=None),
-        "PDE-Refiner (K = 3)": PDERefiner(pde, **px["pde_refiner"]),
     }
+    if clean_conditioning:  # x_t generated from pure noise, conditioned on the (almost) clean x_{t-1}
+        methods["clean conditioning (generation)"] = SNSRefiner(den, sch, None, fixed_levels=(0, sch.n_levels - 1))
+    methods[f"ACDM (S = {args.acdm_levels})"] = ACDM(acdm, load_schedule(ax))
+    methods[f"Thermalizer {args.therm_start}/{args.therm_stop}"] = Thermalizer(
+        therm, load_schedule(tx), sur, start=args.therm_start, stop=args.therm_stop, limit=None)
+    methods["PDE-Refiner (K = 3)"] = PDERefiner(pde, **px["pde_refiner"])
+    return methods
 
 
 def w1(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -44,36 +44,6 @@ SMALL_PAIR = {"dim": 16, "dim_mults": "[1,2]", "mid_attn": "false", "emb_dim": 6
               "head_hidden": 64}
 
 
-def steppers(args) -> dict[str, object]:
-    from sns.baselines import ACDM, GaussianApproximation, PDERefiner, Thermalizer
-    from sns.export import load_model, load_schedule
-    from sns.refine import SNSRefiner
-
-    def load(task):
-        return load_model(args.out / "runs" / task / f"{task}.safetensors")
-
-    sur, _ = load("surrogate")
-    den, dx = load("denoiser")
-    acdm, ax = load("acdm")
-    therm, tx = load("thermalizer")
-    pde, px = load("pde_refiner")
-    sch = load_schedule(dx)
-    S = sch.n_levels
-    return {
-        "Gaussian approx. (surrogate)": GaussianApproximation(sur),
-        "SNS path A (estimated levels)": SNSRefiner(den, sch, sur, path="A"),
-        "SNS path A, fixed levels (0,0)": SNSRefiner(den, sch, sur, path="A", fixed_levels=(0, 0)),
-        "SNS path B": SNSRefiner(den, sch, sur, path="B"),
-        "SNS path C": SNSRefiner(den, sch, sur, path="C"),
-        "SNS fix s2": SNSRefiner(den, sch, sur, path="fix_s2"),
-        "clean conditioning (generation)": SNSRefiner(den, sch, None, fixed_levels=(0, S - 1)),
-        f"ACDM (S = {args.acdm_levels})": ACDM(acdm, load_schedule(ax)),
-        f"Thermalizer {args.therm_start}/{args.therm_stop}": Thermalizer(
-            therm, load_schedule(tx), sur, start=args.therm_start, stop=args.therm_stop, limit=None),
-        "PDE-Refiner (K = 3)": PDERefiner(pde, **px["pde_refiner"]),
-    }
-
-
 def field_stats(frames_iter, n_corr: int, max_lag: int):
     """Time-mean spectrum, mean enstrophy and C(tau) of physical frames given chunk by chunk.
 
@@ -179,7 +149,7 @@ def main() -> None:
 
     rows = [("truth (valid vs test)", "-", field.shape[0], field.shape[1] - 1, "-", "-", "-",
              *errors(e_val, c_val, ens_val))]
-    for name, step in steppers(args).items():
+    for name, step in steppers(args, clean_conditioning=True).items():
         if args.only and not any(s in name for s in args.only):
             continue
         slug = "".join(ch if ch.isalnum() else "_" for ch in name).strip("_")
