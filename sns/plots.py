@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["plot_lines", "plot_marginals", "plot_snapshots", "plot_spectra"]
+__all__ = ["plot_corr_r_tau", "plot_lines", "plot_marginals", "plot_snapshots", "plot_spectra"]
 
 REFERENCE = "reference"
 
@@ -115,5 +115,26 @@ def plot_marginals(samples: Mapping[str, np.ndarray], title: str = "invariant me
         ax.set_xlabel(f"coordinate {j}")
         ax.set_ylabel("density")
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle(title)
+    fig.suptitle(title, y=1.03)
+    return _save(fig, path)
+
+
+def plot_corr_r_tau(r: np.ndarray, profiles: Mapping[str, np.ndarray], lags: Sequence[int], dt: float = 1.0,
+                    title: str = "space-time correlation C(|r|, tau)", path: str | Path | None = None) -> Figure:
+    """One panel per lag in ``lags``: ``C(|r|, tau)`` against ``|r|``, one line per method.
+
+    ``profiles[name]`` is ``(n_lags, len(r))`` (:func:`sns.metrics.radial_correlation`);
+    ``dt`` converts the lag index to time units in the panel titles."""
+    fig, axes = plt.subplots(1, len(lags), figsize=(3.6 * len(lags), 3.2), squeeze=False, sharey=True)
+    for ax, lag in zip(axes[0], lags):
+        for name, prof in profiles.items():
+            if lag < len(prof):
+                ax.plot(r, prof[lag], label=name, **_style(name))
+        ax.axhline(0.0, color="grey", lw=0.6)
+        ax.set_title(f"tau = {lag * dt:.3g} (lag {lag})")
+        ax.set_xlabel("|r| (grid cells)")
+        ax.grid(True, alpha=0.3)
+    axes[0, 0].set_ylabel("C(|r|, tau)")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(title, y=1.03)
     return _save(fig, path)

@@ -97,7 +97,14 @@ def test_field_report_streams_like_memory(tmp_path):
     np.testing.assert_allclose(st["spectrum"], e.mean(0), rtol=1e-5)
     np.testing.assert_allclose(st["corr"], spatiotemporal_correlation(frames[0, :, 0].reshape(T, -1).double(), 5),
                                rtol=1e-5)
+    from sns.metrics import radial_correlation, space_time_correlation
+
+    _, prof = radial_correlation(space_time_correlation(frames[:, :, 0].double().numpy(), 5))
+    np.testing.assert_allclose(st["corr_r"], prof, atol=1e-5)
+    np.testing.assert_allclose(st["corr_r"][:, 0], st["corr"], atol=1e-5)  # |r| = 0 is C(tau)
     rows = {r["method"]: r for r in rep["rows"]}
+    assert rows["reference"]["corr_r_err"] == 0 and rows["replay"]["corr_r_err"] > 0
+    assert (tmp_path / "rep" / "corr_r_tau.png").exists()
     assert rows["replay"]["steps"] == T - 1 and rows["replay"]["status"] == "completed"
     assert rows["reference"]["spec_max_rel"] == 0
     assert len(rep["figures"]) >= 6

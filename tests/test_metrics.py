@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from sns.metrics import (
+    RunningSpaceTimeCorrelation,
     RunningSpectrum,
     autocorrelation,
     blowup_step,
@@ -18,7 +19,9 @@ from sns.metrics import (
     kinetic_energy,
     mse_series,
     pearson_series,
+    radial_correlation,
     rate_of_change,
+    space_time_correlation,
     spatiotemporal_correlation,
     spectrum_distance,
     wasserstein1_per_coordinate,
@@ -121,6 +124,47 @@ def test_spatiotemporal_correlation_of_translation() -> None:
     np.testing.assert_allclose(spatiotemporal_correlation(batch, 6, time_axis=1), c, atol=1e-12)
     with pytest.raises(ValueError, match="max_lag"):
         spatiotemporal_correlation(traj, 12)
+
+
+def test_space_time_correlation_of_translating_mode() -> None:
+    """A mode cos(m x - c t) translating by ``shift`` cells per frame: C(r, tau) = cos(m (r_x - shift tau) 2 pi / N)."""
+    n, m, shift, t_len, lag = 32, 3, 2, 15, 6
+    _, x = _grid(n, 2 * math.pi)
+    base = 0.7 * np.cos(m * x) + 5.0  # amplitude and mean drop out
+    traj = np.stack([np.roll(base, shift * t, axis=-1) for t in range(t_len)])  # (T, N, N)
+    batch = np.stack([traj, 3.0 * np.roll(traj, 5, axis=-2)])  # a second IC: other amplitude, shifted in y
+    c = space_time_correlation(batch, lag)
+    assert c.shape == (lag + 1, n, n)
+    r_x = np.arange(n)
+    tau = np.arange(lag + 1)
+    expect = np.cos(m * 2 * math.pi / n * (r_x[None, :] - shift * tau[:, None]))  # (tau, r_x), any r_y
+    np.testing.assert_allclose(c, np.broadcast_to(expect[:, None, :], c.shape), atol=1e-12)
+    # C(r = 0, tau) is the paper's C(tau).
+    np.testing.assert_allclose(c[:, 0, 0], spatiotemporal_correlation(batch, lag, time_axis=1), atol=1e-12)
+    # isotropic profile: at |r| = 0 it is C(tau); profiles are bounded by 1
+    r, prof = radial_correlation(c, length=2 * math.pi)
+    assert prof.shape == (lag + 1, n // 2 + 1) and r[1] == pytest.approx(2 * math.pi / n)
+    np.testing.assert_allclose(prof[:, 0], c[:, 0, 0], atol=1e-12)
+    assert np.all(np.abs(prof) <= 1 + 1e-12)
+
+
+def test_running_space_time_correlation_chunked_equals_all_at_once() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 40, 2, 16, 16))  # two layers
+    x = np.cumsum(x, axis=1)  # correlated in time
+    full = space_time_correlation(x, 7)
+    assert full.shape == (8, 2, 16, 16)
+    acc = RunningSpaceTimeCorrelation(7)
+    for a, b in ((0, 3), (3, 4), (4, 21), (21, 40)):  # chunks shorter and longer than max_lag
+        acc.update(x[:, a:b])
+    np.testing.assert_allclose(acc.result(), full, atol=1e-12)
+    np.testing.assert_allclose(full[0, :, 0, 0], 1.0, atol=1e-12)
+    with pytest.raises(ValueError, match="trajectories and the grid"):
+        acc.update(x[:2, :3])
+    with pytest.raises(ValueError, match="max_lag"):
+        space_time_correlation(x, 40)
+    with pytest.raises(RuntimeError, match="before any update"):
+        RunningSpaceTimeCorrelation(2).result()
 
 
 def test_rate_of_change_of_ramp() -> None:

@@ -11,7 +11,7 @@ carry ``norm_offset``/``norm_scale`` (``sns-rollout`` writes them) is converted 
 units; a store without them is taken to be in the reference's units.
 
 Everything is streamed in time chunks of ``chunk`` steps, so a 10^5-step rollout is never
-loaded whole; only the first ``corr_steps`` states (for C(tau)) and the snapshot frames are.
+loaded whole; only the first ``corr_steps`` states (for C(tau) and C(r, tau)) and the snapshot frames are.
 
 Metrics (one row per method; the reference's own row where meaningful), all in physical units:
 
@@ -21,7 +21,9 @@ Metrics (one row per method; the reference's own row where meaningful), all in p
 * fields: ``spec_max_rel`` (max over shells 1..N/2-1 of |E - E_ref| / E_ref of the time-mean
   spectra), ``spec_log_l2`` (:func:`sns.metrics.spectrum_distance` over the same shells: the
   corner shells beyond N/2 hold almost no energy in truncated data), ``corr_err`` (max over
-  tau <= ``max_lag`` of |C(tau) - C_ref(tau)|, paper's C(tau)), ``enstrophy_ratio`` (time-mean
+  tau <= ``max_lag`` of |C(tau) - C_ref(tau)|, paper's C(tau)), ``corr_r_err`` (max over
+  tau <= ``max_lag`` and |r| <= N/2 of the error of the isotropic space-time correlation
+  C(|r|, tau), :class:`sns.metrics.RunningSpaceTimeCorrelation`, layers averaged), ``enstrophy_ratio`` (time-mean
   ``<w^2>/2`` over the reference's), and ``t_corr_<c>``: steps until the Pearson correlation
   with the reference trajectory from the same initial condition falls below ``c`` (only when the
   rollout records its source: attrs ``split`` = the reference split's name and ``start_frame``);
@@ -31,7 +33,7 @@ Metrics (one row per method; the reference's own row where meaningful), all in p
 
 Statistics of the invariant measure (spectra, enstrophy, W1) use the states after ``burn``
 steps.  Figures (PNG): snapshots side by side (fields), time-mean spectra, spectra at chosen
-steps, C(tau), R(t), Pearson correlation vs time, enstrophy vs time; vector systems:
+steps, C(tau), C(|r|, tau) at three lags, R(t), Pearson correlation vs time, enstrophy vs time; vector systems:
 marginal histograms, autocorrelation, R(t).
 """
 
@@ -120,7 +122,9 @@ def _field_stats(src: Source, burn: int, chunk: int, corr_steps: int, max_lag: i
     from sns.metrics import (
         RunningSpectrum,
         energy_spectrum,
+        radial_correlation,
         rate_of_change,
+        space_time_correlation,
         spatiotemporal_correlation,
     )
 
@@ -141,13 +145,17 @@ def _field_stats(src: Source, burn: int, chunk: int, corr_steps: int, max_lag: i
     head = src.read(0, min(corr_steps + 1, src.n_time))
     lag = min(max_lag, head.shape[1] - 1)
     corr = spatiotemporal_correlation(_flat(head), lag, time_axis=1) if lag >= 1 else np.ones(1)
+    # C(|r|, tau), averaged over layers: (lag + 1, N/2 + 1)
+    r, prof = radial_correlation(space_time_correlation(head[:, :, 0] if C == 1 else head, max(lag, 0)))
+    prof = prof if C == 1 else prof.mean(axis=1)
     at = {}
     for t in spectrum_steps:
         if t < src.n_time:
             frame = src.read(t, t + 1)[:, 0]
             at[t] = energy_spectrum(frame[:, 0] if C == 1 else frame)[1].mean(0)
     return {"k": k, "spectrum": stats["mean"], "enstrophy": np.concatenate(ens),
-            "rate": np.concatenate(rate) if rate else np.zeros(0), "corr": corr, "spectra_at": at}
+            "rate": np.concatenate(rate) if rate else np.zeros(0), "corr": corr, "spectra_at": at,
+            "r": r, "corr_r": prof}
 
 
 def _vector_stats(src: Source, burn: int, chunk: int, max_lag: int, max_samples: int) -> dict[str, Any]:
@@ -228,7 +236,7 @@ def evaluate(
     longest rollout).
     """
     from sns.metrics import spectrum_distance, wasserstein1_per_coordinate
-    from sns.plots import plot_lines, plot_marginals, plot_snapshots, plot_spectra
+    from sns.plots import plot_corr_r_tau, plot_lines, plot_marginals, plot_snapshots, plot_spectra
 
     if not rollouts:
         raise ValueError("no rollouts to evaluate: give at least one {method: store}")
@@ -270,6 +278,8 @@ def evaluate(
             row["spec_log_l2"] = float(np.mean(log_l2))
             lag = min(len(st["corr"]), len(rs["corr"]))
             row["corr_err"] = float(np.max(np.abs(st["corr"][:lag] - rs["corr"][:lag])))
+            lag = min(len(st["corr_r"]), len(rs["corr_r"]))
+            row["corr_r_err"] = float(np.max(np.abs(st["corr_r"][:lag] - rs["corr_r"][:lag])))
             b = burn if name != REFERENCE and len(st["enstrophy"]) > burn + 1 else 0
             row["enstrophy_ratio"] = float(st["enstrophy"][b:].mean() / rs["enstrophy"].mean())
             if name != REFERENCE:
@@ -301,6 +311,10 @@ def evaluate(
         figures.append(out / "corr_tau.png")
         plot_lines(np.arange(max_lag + 1) * dt, {n: st["corr"] for n, st in stats.items()}, "lag tau (time units)",
                    "C(tau)", "spatio-temporal correlation C(tau)", path=figures[-1])
+        figures.append(out / "corr_r_tau.png")
+        n_lag = min(len(st["corr_r"]) for st in stats.values())
+        plot_corr_r_tau(rs["r"], {n: st["corr_r"] for n, st in stats.items()},
+                        sorted({0, (n_lag - 1) // 2, n_lag - 1}), dt, path=figures[-1])
         figures.append(out / "rate_of_change.png")
         plot_lines(np.arange(1, span + 1) * dt, {n: st["rate"] for n, st in stats.items() if len(st["rate"])},
                    "time", "R(t) = mean |dx/dt|", "rate of change R(t)", path=figures[-1])

@@ -27,11 +27,14 @@ from sns.metrics.chaos import (
     rosenstein_divergence,
 )
 from sns.metrics.fields import (
+    RunningSpaceTimeCorrelation,
     RunningSpectrum,
     energy_spectrum,
     enstrophy,
     kinetic_energy,
+    radial_correlation,
     shell_index,
+    space_time_correlation,
 )
 from sns.metrics.series import (
     autocorrelation,
@@ -64,7 +67,7 @@ __all__ = [
     "mutual_information",
     "power_spectral_density",
     "rosenstein_divergence",
-
+    "RunningSpaceTimeCorrelation",
     "RunningSpectrum",
     "autocorrelation",
     "blowup_step",
@@ -74,8 +77,10 @@ __all__ = [
     "kinetic_energy",
     "mse_series",
     "pearson_series",
+    "radial_correlation",
     "rate_of_change",
     "shell_index",
+    "space_time_correlation",
     "spatiotemporal_correlation",
     "spectrum_distance",
     "wasserstein1_per_coordinate",

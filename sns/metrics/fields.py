@@ -1,4 +1,5 @@
-"""Diagnostics of 2-D doubly periodic fields: kinetic-energy spectra, energy, enstrophy.
+"""Diagnostics of 2-D doubly periodic fields: kinetic-energy spectra, energy, enstrophy, and the
+space-time correlation ``C(r, tau)``.
 
 Conventions (those of :mod:`sns.systems.spectral`): a field is an array ``(..., H, W)``
 with ``H == W == N`` (even), axis order ``(y, x)``, on the square ``[0, L)^2``; any
@@ -28,11 +29,14 @@ from numpy.typing import ArrayLike
 from sns.systems.spectral import rfft_multiplicity, velocity_from_vorticity, wavenumbers
 
 __all__ = [
+    "RunningSpaceTimeCorrelation",
     "RunningSpectrum",
     "energy_spectrum",
     "enstrophy",
     "kinetic_energy",
+    "radial_correlation",
     "shell_index",
+    "space_time_correlation",
 ]
 
 
@@ -215,3 +219,117 @@ class RunningSpectrum:
             "max": self._max.copy(),
             "count": np.asarray(self.count),
         }
+
+
+class RunningSpaceTimeCorrelation:
+    """Streaming space-time correlation ``C(r, tau)`` of 2-D periodic fields.
+
+    ``C(r, tau) = < sum_x z_t(x) z_{t+tau}(x + r) >_{t, IC}``, with ``z_t = x'_t / |x'_t|_2``
+    the frame minus its spatial mean, scaled to unit Euclidean norm (per layer), ``r`` a
+    periodic grid displacement ``(r_y, r_x)`` (in grid cells) and the mean over all start
+    times ``t`` with ``t + tau`` in the series, and over trajectories.  It extends the paper's
+    ``C(tau)`` (:func:`sns.metrics.spatiotemporal_correlation`) in space: ``C(0, tau)`` equals
+    ``C(tau)`` of a single-layer field exactly, and ``C(r, 0)`` is the mean normalised spatial
+    autocorrelation.  Dimensionless; ``|C| <= 1``.  For a translating mode
+    ``cos(k x - c t)`` it is ``cos(k r_x - c tau)``.
+
+    Frames arrive in time order, chunk by chunk: :meth:`update` takes ``(B, t, H, W)`` (or
+    ``(B, t, C, H, W)`` for layered fields, each layer on its own) with the same ``B``
+    trajectories every time; the last ``max_lag`` frames' Fourier transforms are kept, so
+    memory is one chunk plus ``max_lag`` frames whatever the series length.  The sums are
+    accumulated in Fourier space (cross-correlation theorem) and :meth:`result` returns
+    ``(max_lag + 1, H, W)`` (or ``(max_lag + 1, C, H, W)``) with ``r = 0`` at index
+    ``[..., 0, 0]`` (numpy's FFT layout; ``np.fft.fftshift`` over the last two axes centres it).
+    A frame with zero variance gives NaN.
+    """
+
+    def __init__(self, max_lag: int) -> None:
+        if not isinstance(max_lag, int) or max_lag < 0:
+            raise ValueError(f"max_lag must be a non-negative int, got {max_lag!r}")
+        self.max_lag = max_lag
+        self._hist: np.ndarray | None = None  # (B, <= max_lag, ..., H, W) complex, newest last
+        self._sum: np.ndarray | None = None  # (max_lag + 1, ..., H, W) complex
+        self._count = np.zeros(max_lag + 1, dtype=np.int64)
+        self._shape: tuple[int, ...] | None = None
+
+    def update(self, frames: ArrayLike | torch.Tensor) -> None:
+        """Add the next frames ``(B, t, [C,] H, W)`` of the ``B`` trajectories."""
+        f = _as_field(frames, "frames").numpy()
+        if f.ndim not in (4, 5):
+            raise ValueError(f"frames must be (B, t, H, W) or (B, t, C, H, W), got shape {f.shape}")
+        shape = (f.shape[0], *f.shape[2:])
+        if self._shape is None:
+            self._shape = shape
+        elif shape != self._shape:
+            raise ValueError(f"frames of shape (B, [C,] H, W) = {shape} after {self._shape}: "
+                             "the trajectories and the grid must stay the same")
+        if f.shape[1] == 0:
+            return
+        f = f - f.mean(axis=(-2, -1), keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = f / np.sqrt((f**2).sum(axis=(-2, -1), keepdims=True))
+        spec = np.fft.fft2(z)  # (B, t, [C,] H, W)
+        allf = spec if self._hist is None else np.concatenate([self._hist, spec], axis=1)
+        n_old = allf.shape[1] - spec.shape[1]
+        if self._sum is None:
+            self._sum = np.zeros((self.max_lag + 1, *spec.shape[2:]), dtype=np.complex128)
+        total = allf.shape[1]
+        for tau in range(self.max_lag + 1):
+            # pairs (j, j + tau) whose later frame is new: j + tau >= n_old
+            lo = max(n_old - tau, 0)
+            hi = total - tau
+            if hi <= lo:
+                continue
+            prod = np.conj(allf[:, lo:hi]) * allf[:, lo + tau:hi + tau]
+            self._sum[tau] += prod.sum(axis=(0, 1))
+            self._count[tau] += prod.shape[0] * prod.shape[1]
+        keep = min(self.max_lag, total)
+        self._hist = allf[:, total - keep:] if keep else None
+
+    def result(self) -> np.ndarray:
+        """``C(r, tau)``: ``(max_lag + 1, [C,] H, W)``; lags never seen are NaN."""
+        if self._sum is None:
+            raise RuntimeError("RunningSpaceTimeCorrelation.result() called before any update()")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = self._sum / self._count.reshape(-1, *([1] * (self._sum.ndim - 1)))
+        return np.fft.ifft2(mean).real
+
+
+def space_time_correlation(x: ArrayLike | torch.Tensor, max_lag: int) -> np.ndarray:
+    """``C(r, tau)`` of ``(B, T, [C,] H, W)`` frames in memory (:class:`RunningSpaceTimeCorrelation`).
+
+    Requires ``max_lag < T``.  Returns ``(max_lag + 1, [C,] H, W)``, ``r = 0`` at ``[..., 0, 0]``.
+    """
+    shape = tuple(x.shape)
+    if len(shape) not in (4, 5):
+        raise ValueError(f"x must be (B, T, H, W) or (B, T, C, H, W), got shape {shape}")
+    if not isinstance(max_lag, int) or not 0 <= max_lag < shape[1]:
+        raise ValueError(f"max_lag must be an int in [0, T-1] = [0, {shape[1] - 1}], got {max_lag!r}")
+    acc = RunningSpaceTimeCorrelation(max_lag)
+    acc.update(x)
+    return acc.result()
+
+
+def radial_correlation(c: ArrayLike, length: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Isotropic profile ``C(|r|, tau)`` of ``C(r, tau)`` from :func:`space_time_correlation`.
+
+    ``c``: ``(..., N, N)`` in numpy's FFT layout.  The shortest periodic displacement of each
+    grid point is binned by ``round(|r|)`` in grid cells, ``|r| = 0 .. N/2`` (bins beyond
+    ``N/2``, the corners, are dropped), and averaged.  Returns ``(r, profile)``: ``r`` in grid
+    cells (times ``length / N`` when ``length`` is given), ``profile`` of shape ``(..., N/2 + 1)``.
+    """
+    c = np.asarray(c, dtype=np.float64)
+    if c.ndim < 2 or c.shape[-1] != c.shape[-2]:
+        raise ValueError(f"c must have shape (..., N, N), got {c.shape}")
+    n = c.shape[-1]
+    d = np.minimum(np.arange(n), n - np.arange(n))
+    rr = np.rint(np.hypot(d[:, None], d[None, :])).astype(np.int64).ravel()
+    n_bins = n // 2 + 1
+    keep = rr < n_bins
+    counts = np.bincount(rr[keep], minlength=n_bins)
+    flat = c.reshape(-1, n * n)[:, keep]
+    prof = np.stack([np.bincount(rr[keep], weights=row, minlength=n_bins) for row in flat]) / counts
+    r = np.arange(n_bins, dtype=np.float64)
+    if length is not None:
+        r = r * (float(length) / n)
+    return r, prof.reshape(*c.shape[:-2], n_bins)
