@@ -57,6 +57,30 @@ def test_residual_surrogate_starts_at_identity():
         ResidualSurrogate(torch.nn.Identity())
 
 
+def test_residual_surrogate_conserves_the_spatial_mean():
+    """conserve_mean: every step keeps each channel's spatial mean; the spec carries the flag."""
+    torch.manual_seed(0)
+    spec = {"kind": "residual_unet", "preset": "tiny", "kwargs": {"conserve_mean": True, "in_channels": 2,
+                                                                    "out_channels": 2}}
+    sur = build_model(spec)
+    assert sur.conserve_mean
+    last = last_layer(sur.net)
+    with torch.no_grad():
+        last.weight.normal_(0, 0.1)
+        last.bias.fill_(0.5)  # a biased increment: the plain surrogate would shift the mean by 0.5 a step
+    x = torch.randn(3, 2, 16, 16) + torch.tensor([1.0, -2.0]).reshape(1, 2, 1, 1)
+    y = x
+    for _ in range(20):
+        y = sur(y)
+    torch.testing.assert_close(y.mean(dim=(-2, -1)), x.mean(dim=(-2, -1)), atol=1e-5, rtol=0)
+    assert float((y - x).abs().max()) > 0.1  # the field itself changed
+    plain = build_model({**spec, "kwargs": {**spec["kwargs"], "conserve_mean": False}})
+    plain.load_state_dict(sur.state_dict())
+    assert float((plain(x) - x).mean(dim=(-2, -1)).abs().min()) > 0.1
+    with pytest.raises(ValueError, match="field states"):
+        ResidualSurrogate(VectorMLP(3, 8), conserve_mean=True)(torch.randn(2, 3))
+
+
 def test_unroll_schedule():
     s = UnrollSchedule(start=1, max_length=4, every=10)
     assert [s(k) for k in (0, 9, 10, 25, 30, 1000)] == [1, 1, 2, 3, 4, 4]

@@ -83,13 +83,20 @@ class ResidualSurrogate(nn.Module):
         zero_init: zero the weights and bias of the last layer of ``net`` (see
             :func:`last_layer`), so the untrained surrogate is the identity.
         state_shape: optional ``(C, H, W)`` / ``(D,)`` recorded for users and checks.
+        conserve_mean: remove the spatial mean (over the last two axes, per channel) of the
+            increment, so every step conserves each channel's spatial mean exactly.  For
+            systems that conserve it (the vorticity of Kolmogorov flow and QG's eddy PV have
+            zero domain mean, constant in normalised units too), this removes a drift a
+            minutes-trained surrogate otherwise accumulates step by step.  Field states only.
     """
 
-    def __init__(self, net: nn.Module, zero_init: bool = True, state_shape: Sequence[int] | None = None) -> None:
+    def __init__(self, net: nn.Module, zero_init: bool = True, state_shape: Sequence[int] | None = None,
+                 conserve_mean: bool = False) -> None:
         super().__init__()
         if not isinstance(net, nn.Module):
             raise TypeError(f"net must be an nn.Module, got {type(net).__name__}")
         self.net = net
+        self.conserve_mean = bool(conserve_mean)
         self.state_shape = tuple(state_shape) if state_shape is not None else None
         if zero_init:
             layer = last_layer(net)
@@ -105,6 +112,10 @@ class ResidualSurrogate(nn.Module):
             raise ValueError(
                 f"ResidualSurrogate: net maps {tuple(x.shape)} to {tuple(dx.shape)}; it must preserve the shape"
             )
+        if self.conserve_mean:
+            if dx.ndim < 4:
+                raise ValueError(f"conserve_mean needs field states (B, C, H, W), got {tuple(x.shape)}")
+            dx = dx - dx.mean(dim=(-2, -1), keepdim=True)
         return dx
 
     def forward(self, x: Tensor) -> Tensor:

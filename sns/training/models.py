@@ -28,7 +28,8 @@ def _residual_unet(**kw: Any) -> nn.Module:
     from sns.nets.unet import UNet
     from sns.surrogates.residual import ResidualSurrogate
 
-    return ResidualSurrogate(UNet(**kw))
+    conserve_mean = kw.pop("conserve_mean", False)
+    return ResidualSurrogate(UNet(**kw), conserve_mean=conserve_mean)
 
 
 def _residual_mlp(**kw: Any) -> nn.Module:
