@@ -38,16 +38,19 @@ Metrics:
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _divergence_common as dc
+
 WINDOW = 8
-MARGIN = 0.25
 
 
 def system():
@@ -61,10 +64,7 @@ def make_data(n_traj: int, n_frames: int, save_every: int, seed: int, spinup_ms:
     s = system()
     x = s.initial_condition(n_traj, torch.Generator().manual_seed(seed))
     x = s.step(x, round(spinup_ms / s.dt))
-    frames = [x]
-    for _ in range(n_frames - 1):
-        frames.append(s.step(frames[-1], save_every))
-    return torch.stack(frames, 1).numpy()
+    return dc.sample_frames(s, x, n_frames, save_every)
 
 
 def net_kwargs(dt: float) -> dict[str, Any]:
@@ -72,69 +72,22 @@ def net_kwargs(dt: float) -> dict[str, Any]:
 
 
 def train_one(job: dict[str, Any]) -> dict[str, Any]:
-    import lightning.pytorch as pl
-
     from sns.losses import DivergenceRegularizer
-    from sns.training.neural_ode import NeuralODEModule
 
-    torch.set_num_threads(1)
-    seed, variant = job["seed"], job["variant"]
     terms = []
-    if variant == "div":
+    if job["variant"] == "div":
         terms = [DivergenceRegularizer("system:hodgkin_huxley", weight=job["weight"], start=1, ramp=2, by="epoch",
                                        method="exact", field="vector_field", max_points=512,
                                        norm_offset=job["mu"], norm_scale=job["sd"])]
-    pl.seed_everything(seed, workers=True, verbose=False)
-    module = NeuralODEModule({"kind": "neural_ode", "kwargs": net_kwargs(job["dt"])},
-                             optimizer=lambda p: torch.optim.Adam(p, lr=1e-3), unroll_start=WINDOW,
-                             unroll_max=WINDOW, loss_terms=terms)
-    loader = torch.utils.data.DataLoader(torch.from_numpy(job["windows"]), batch_size=128, shuffle=True,
-                                         drop_last=True, generator=torch.Generator().manual_seed(seed))
-    trainer = pl.Trainer(max_steps=job["steps"], logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-                         limit_val_batches=0, num_sanity_val_steps=0, gradient_clip_val=1.0)
-    t0 = time.perf_counter()
-    trainer.fit(module, loader)
-    return {"seed": seed, "variant": variant, "state": module.model.state_dict(),
-            "train_s": time.perf_counter() - t0, "nfe_per_step": module.model.nfe / max(trainer.global_step, 1)}
+    result, _ = dc.fit_neural_ode(job, net_kwargs(job["dt"]), terms, WINDOW)
+    return result
 
 
-def train_all(jobs: list[dict[str, Any]], args: Any) -> list[dict[str, Any]]:
+def cache_key(args: Any) -> Callable[[dict[str, Any]], str]:
     def key(j: dict[str, Any]) -> str:
         return f"hh-{j['variant']}-seed{j['seed']}-steps{j['steps']}-w{j['weight']:g}-save{args.save:g}.pt"
 
-    cache = Path(args.cache) if args.cache else None
-    done = {}
-    if cache is not None:
-        cache.mkdir(parents=True, exist_ok=True)
-        done = {key(j): torch.load(cache / key(j), weights_only=True) for j in jobs if (cache / key(j)).exists()}
-    todo = [j for j in jobs if key(j) not in done]
-    if args.jobs > 1 and len(todo) > 1:
-        with mp.get_context("spawn").Pool(args.jobs) as pool:
-            new = pool.map(train_one, todo)
-    else:
-        new = [train_one(j) for j in todo]
-    for j, r in zip(todo, new):
-        done[key(j)] = r
-        if cache is not None:
-            torch.save(r, cache / key(j))
-    return [done[key(j)] for j in jobs]
-
-
-def generate(model: Any, x0: torch.Tensor, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Traces ``(B, n + 1, 4)`` (normalised) and a per-trace solver-failure flag."""
-    try:
-        return model.generate(x0, n, chunk=100).numpy(), np.zeros(len(x0), bool)
-    except (AssertionError, RuntimeError):
-        out, failed = [], []
-        for i in range(len(x0)):
-            try:
-                out.append(model.generate(x0[i:i + 1], n, chunk=100).numpy()[0])
-                failed.append(False)
-            except (AssertionError, RuntimeError):
-                out.append(np.full((n + 1, x0.shape[1]), np.nan))
-                failed.append(True)
-        return np.stack(out), np.array(failed)
+    return key
 
 
 def isis(v: np.ndarray, dt: float) -> list[np.ndarray]:
@@ -162,13 +115,11 @@ def main(argv: list[str] | None = None) -> None:
     train = make_data(16, int(args.train_ms / dt) + 1, save_every, seed=0)
     n_gen = int(args.gen_ms / dt)
     test = make_data(8, n_gen + 1, save_every, seed=1)
-    mu, sd = train.reshape(-1, 4).mean(0), train.reshape(-1, 4).std(0)
-    train_n, test_n = (train - mu) / sd, (test - mu) / sd
-    w = np.lib.stride_tricks.sliding_window_view(train_n, WINDOW + 1, axis=1)
-    windows = np.ascontiguousarray(w.transpose(0, 1, 3, 2).reshape(-1, WINDOW + 1, 4), np.float32)
-    jobs = [{"seed": sd_, "variant": v, "steps": args.steps, "weight": args.weight, "windows": windows,
+    mu, sd, train_n, test_n = dc.standardise(train, test)
+    train_w = dc.windows(train_n, WINDOW + 1, dtype=np.float32)
+    jobs = [{"seed": sd_, "variant": v, "steps": args.steps, "weight": args.weight, "windows": train_w,
              "dt": dt, "mu": mu.tolist(), "sd": sd.tolist()} for sd_ in args.seeds for v in ("plain", "div")]
-    results = train_all(jobs, args)
+    results = dc.train_all(jobs, args, train_one, cache_key(args))
 
     from sns.losses import divergence
     from sns.metrics.chaos import isi_error
@@ -186,11 +137,9 @@ def main(argv: list[str] | None = None) -> None:
         model.load_state_dict(r["state"])
         model.eval()
         div = divergence(model.vector_field, pts.float(), create_graph=False).detach().numpy()
-        tr_n, failed = generate(model, torch.from_numpy(test_n[:, 0]).float(), n_gen)
+        tr_n, failed = dc.generate(model, torch.from_numpy(test_n[:, 0]).float(), n_gen)
         tr = tr_n * sd + mu
-        span = hi - lo
-        outside = (tr < lo - MARGIN * span) | (tr > hi + MARGIN * span)
-        esc = failed | (~np.isfinite(tr)).any((1, 2)) | outside.any((1, 2))
+        esc = dc.escaped(tr, lo, hi) | failed
         isi_model = isis(np.nan_to_num(tr[..., 0], nan=-100.0), dt)
         errs = [isi_error(a, b) for a, b in zip(isi_model, isi_true)]
         # traces with fewer than two spikes have no ISI (NaN error): averaged over the others and
@@ -201,14 +150,7 @@ def main(argv: list[str] | None = None) -> None:
                      "escaped": float(esc.mean()), "errs": errs})
     truth_spikes = float(np.mean([len(i) + 1 if len(i) else 0 for i in isi_true]))
     print_tables(rows, args, dt, truth_spikes, float(np.mean([i.mean() for i in isi_true if len(i)])),
-                 time.perf_counter() - t_start, len(windows))
-
-
-def _fmt(values: list[float], digits: int = 3) -> str:
-    v = np.asarray(values, float)
-    if len(v) == 1:
-        return f"{v[0]:.{digits}g}"
-    return f"{np.nanmean(v):.{digits}g} ± {np.nanstd(v):.{digits - 1}g}"
+                 time.perf_counter() - t_start, len(train_w))
 
 
 def print_tables(rows: list[dict], args: Any, dt: float, truth_spikes: float, truth_isi: float, total_s: float,
@@ -223,7 +165,7 @@ def print_tables(rows: list[dict], args: Any, dt: float, truth_spikes: float, tr
     print(f"| truth | 0 | 0 | {truth_spikes:.3g} | 0 | | |")
     for variant in ("plain", "div"):
         sel = [r for r in rows if r["variant"] == variant]
-        print(f"| {variant} | " + " | ".join(_fmt([r[k] for r in sel]) for _, k in cols) + " |")
+        print(f"| {variant} | " + " | ".join(dc.fmt([r[k] for r in sel]) for _, k in cols) + " |")
     plain = {r["seed"]: r for r in rows if r["variant"] == "plain"}
     print("\nPer seed (change = div relative to plain of the same seed):\n")
     print("| seed | variant | " + " | ".join(c for c, _ in cols) + " | ISI MSE change | train time change |")

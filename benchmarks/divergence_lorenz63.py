@@ -42,19 +42,22 @@ Metrics (``sns.metrics.chaos``; "truth" = the same computation on test trajector
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _divergence_common as dc
 
 SIGMA, RHO, BETA = 10.0, 28.0, 8.0 / 3.0
 DIV_TRUE = -(SIGMA + 1.0 + BETA)
 DT_SOLVER, SAVE_EVERY = 0.01, 5
 DT = DT_SOLVER * SAVE_EVERY
 WINDOW = 8
-MARGIN = 0.25
 
 
 def make_data(n_traj: int, n_frames: int, seed: int) -> np.ndarray:
@@ -63,67 +66,24 @@ def make_data(n_traj: int, n_frames: int, seed: int) -> np.ndarray:
 
     s = Lorenz63(SIGMA, RHO, BETA, dt=DT_SOLVER)
     x = s.step(s.initial_condition(n_traj, torch.Generator().manual_seed(seed)), 2000)
-    frames = [x]
-    for _ in range(n_frames - 1):
-        frames.append(s.step(frames[-1], SAVE_EVERY))
-    return torch.stack(frames, 1).numpy()
+    return dc.sample_frames(s, x, n_frames, SAVE_EVERY)
 
 
 def train_one(job: dict[str, Any]) -> dict[str, Any]:
     """Train one variant for one seed; return the state dict and timings."""
-    import lightning.pytorch as pl
-
     from sns.losses import DivergenceRegularizer
-    from sns.training.neural_ode import NeuralODEModule
 
-    torch.set_num_threads(1)
-    seed, variant, steps = job["seed"], job["variant"], job["steps"]
-    windows = torch.from_numpy(job["windows"])
     terms = []
-    if variant == "div":
+    if job["variant"] == "div":
         terms = [DivergenceRegularizer(DIV_TRUE, weight=job["weight"], start=1, ramp=2, by="epoch",
                                        method="exact", field="vector_field", max_points=512)]
-    pl.seed_everything(seed, workers=True, verbose=False)
-    module = NeuralODEModule(
-        {"kind": "neural_ode", "kwargs": {"dim": 3, "hidden": 128, "depth": 3, "activation": "tanh", "dt": DT,
-                                          "rtol": 1e-4, "atol": 1e-5}},
-        optimizer=lambda p: torch.optim.Adam(p, lr=1e-3), unroll_start=WINDOW, unroll_max=WINDOW,
-        loss_terms=terms)
-    loader = torch.utils.data.DataLoader(windows, batch_size=128, shuffle=True, drop_last=True,
-                                         generator=torch.Generator().manual_seed(seed))
-    trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, accelerator="cpu", limit_val_batches=0, num_sanity_val_steps=0,
-                         gradient_clip_val=1.0)
-    t0 = time.perf_counter()
-    trainer.fit(module, loader)
-    wall = time.perf_counter() - t0
-    return {"seed": seed, "variant": variant, "state": module.model.state_dict(), "train_s": wall,
-            "nfe_per_step": module.model.nfe / max(trainer.global_step, 1), "steps": trainer.global_step}
+    net = {"dim": 3, "hidden": 128, "depth": 3, "activation": "tanh", "dt": DT, "rtol": 1e-4, "atol": 1e-5}
+    result, trainer = dc.fit_neural_ode(job, net, terms, WINDOW)
+    return {**result, "steps": trainer.global_step}
 
 
-def train_all(jobs: list[dict[str, Any]], args: Any) -> list[dict[str, Any]]:
-    """Train every job (in ``args.jobs`` processes); with ``args.cache`` reuse saved models."""
-    from pathlib import Path
-
-    def key(j: dict[str, Any]) -> str:
-        return f"lorenz63-{j['variant']}-seed{j['seed']}-steps{j['steps']}-w{j['weight']:g}.pt"
-
-    cache = Path(args.cache) if args.cache else None
-    done = {}
-    if cache is not None:
-        cache.mkdir(parents=True, exist_ok=True)
-        done = {key(j): torch.load(cache / key(j), weights_only=True) for j in jobs if (cache / key(j)).exists()}
-    todo = [j for j in jobs if key(j) not in done]
-    if args.jobs > 1 and len(todo) > 1:
-        with mp.get_context("spawn").Pool(args.jobs) as pool:
-            new = pool.map(train_one, todo)
-    else:
-        new = [train_one(j) for j in todo]
-    for j, r in zip(todo, new):
-        done[key(j)] = r
-        if cache is not None:
-            torch.save(r, cache / key(j))
-    return [done[key(j)] for j in jobs]
+def cache_key(j: dict[str, Any]) -> str:
+    return f"lorenz63-{j['variant']}-seed{j['seed']}-steps{j['steps']}-w{j['weight']:g}.pt"
 
 
 def build_model(state: dict[str, torch.Tensor]) -> Any:
@@ -132,29 +92,6 @@ def build_model(state: dict[str, torch.Tensor]) -> Any:
     m = NeuralODE(3, hidden=128, depth=3, activation="tanh", dt=DT, rtol=1e-4, atol=1e-5)
     m.load_state_dict(state)
     return m.eval()
-
-
-def generate(model: Any, x0: torch.Tensor, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Traces ``(B, n + 1, 3)`` (normalised) and a per-trace solver-failure flag."""
-    try:
-        return model.generate(x0, n, chunk=100).numpy(), np.zeros(len(x0), bool)
-    except (AssertionError, RuntimeError):  # torchdiffeq: step size underflow / too many steps
-        out, failed = [], []
-        for i in range(len(x0)):
-            try:
-                out.append(model.generate(x0[i:i + 1], n, chunk=100).numpy()[0])
-                failed.append(False)
-            except (AssertionError, RuntimeError):
-                out.append(np.full((n + 1, 3), np.nan))
-                failed.append(True)
-        return np.stack(out), np.array(failed)
-
-
-def escaped(traces: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Per trace: non-finite, or outside [lo - m (hi - lo), hi + m (hi - lo)] in any coordinate."""
-    span = hi - lo
-    out = (traces < lo - MARGIN * span) | (traces > hi + MARGIN * span)
-    return (~np.isfinite(traces)).any((1, 2)) | out.any((1, 2))
 
 
 def psd_distance(traces: np.ndarray, ref: np.ndarray, f_max: float = 2.0) -> float:
@@ -187,10 +124,10 @@ def evaluate(model: Any, rhs_norm: Any, test_n: np.ndarray, mu: np.ndarray, sd: 
     idx = rng.choice(test_n.shape[0] * test_n.shape[1], args.traces, replace=False)
     x0 = torch.from_numpy(test_n.reshape(-1, 3)[idx]).float()
     t0 = time.perf_counter()
-    tr_n, failed = generate(model, x0, args.trace_len)
+    tr_n, failed = dc.generate(model, x0, args.trace_len)
     out["gen_s"] = time.perf_counter() - t0
     tr = tr_n * sd + mu
-    esc = escaped(tr, ref["lo"], ref["hi"]) | failed
+    esc = dc.escaped(tr, ref["lo"], ref["hi"]) | failed
     out["escaped"] = float(esc.mean())
     keep = tr[~esc, int(10 / DT):]
     if len(keep):
@@ -219,17 +156,14 @@ def main(argv: list[str] | None = None) -> None:
 
     train = make_data(16, 1000, seed=0)
     test = make_data(8, 2000, seed=1)
-    mu, sd = train.reshape(-1, 3).mean(0), train.reshape(-1, 3).std(0)
-    train_n, test_n = (train - mu) / sd, (test - mu) / sd
-    windows = np.lib.stride_tricks.sliding_window_view(train_n, WINDOW + 1, axis=1)  # (N, F-W, 3, W+1)
-    windows = np.ascontiguousarray(windows.transpose(0, 1, 3, 2).reshape(-1, WINDOW + 1, 3), np.float32)
-    tw = np.lib.stride_tricks.sliding_window_view(test_n, WINDOW + 1, axis=1)[:, ::20]
+    mu, sd, train_n, test_n = dc.standardise(train, test)
+    train_w = dc.windows(train_n, WINDOW + 1, dtype=np.float32)
     ref = {"lo": test.reshape(-1, 3).min(0), "hi": test.reshape(-1, 3).max(0),
-           "test_windows": np.ascontiguousarray(tw.transpose(0, 1, 3, 2).reshape(-1, WINDOW + 1, 3)),
+           "test_windows": dc.windows(test_n, WINDOW + 1, stride=20),
            "traces": test[:, int(10 / DT):]}
-    jobs = [{"seed": s, "variant": v, "steps": args.steps, "weight": args.weight, "windows": windows}
+    jobs = [{"seed": s, "variant": v, "steps": args.steps, "weight": args.weight, "windows": train_w}
             for s in args.seeds for v in ("plain", "div")]
-    results = train_all(jobs, args)
+    results = dc.train_all(jobs, args, train_one, cache_key)
     from sns.metrics.chaos import correlation_dimension, largest_lyapunov_qr
     from sns.systems.lorenz import Lorenz63
 
@@ -252,14 +186,7 @@ def main(argv: list[str] | None = None) -> None:
 
         m = evaluate(model, rhs_norm, test_n, mu, sd, args, ref)
         rows.append({**r, **m})
-    print_tables(rows, truth, args, time.perf_counter() - t_start, len(windows))
-
-
-def _fmt(values: list[float], digits: int = 3) -> str:
-    v = np.asarray(values, float)
-    if len(v) == 1:
-        return f"{v[0]:.{digits}g}"
-    return f"{np.nanmean(v):.{digits}g} ± {np.nanstd(v):.{digits - 1}g}"
+    print_tables(rows, truth, args, time.perf_counter() - t_start, len(train_w))
 
 
 def print_tables(rows: list[dict], truth: dict, args: Any, total_s: float, n_windows: int) -> None:
@@ -274,7 +201,7 @@ def print_tables(rows: list[dict], truth: dict, args: Any, total_s: float, n_win
     print("| truth | " + " | ".join(f"{truth[k]:.3g}" if k in truth else "" for _, k in cols) + " |")
     for variant in ("plain", "div"):
         sel = [r for r in rows if r["variant"] == variant]
-        print(f"| {variant} | " + " | ".join(_fmt([r[k] for r in sel]) for _, k in cols) + " |")
+        print(f"| {variant} | " + " | ".join(dc.fmt([r[k] for r in sel]) for _, k in cols) + " |")
     print("\nPer seed:\n")
     print("| seed | variant | " + " | ".join(c for c, _ in cols) + " |")
     print("|---|---|" + "---:|" * len(cols))

@@ -16,8 +16,12 @@ One command makes everything it needs under ``--out`` and prints a markdown tabl
 4. metrics in physical units: steps until blow-up (or the steps reached), mean / max network
    calls per step, steps per second, the per-coordinate Wasserstein-1 distance between the
    rollout's invariant measure (all states after ``--burn`` steps, pooled over initial
-   conditions) and the training data's, and the ratio of their standard deviations.  The row
-   "truth (test vs train)" is the sampling floor of W1 for trajectories of this length.
+   conditions) and the training data's, the ratio of their standard deviations, and the
+   autocorrelation error (max over lags <= ``--max-lag`` frames of |ACF - ACF_train|, ACF
+   averaged over coordinates, on the states after the burn-in).  The row "truth (test vs
+   train)" is the sampling floor of these for trajectories of this length.  Methods: the
+   Gaussian approximation, SNS path A (estimated and fixed levels), the path ablation (B, C,
+   fix s2), clean conditioning (generation from pure noise), ACDM, the Thermalizer, PDE-Refiner.
 
 Run: ``python benchmarks/lorenz_baselines.py`` (Lorenz-63; ``--system lorenz96`` for D = 40).
 Everything resumes: trained models and finished rollouts are reused, capped rollouts continue.
@@ -127,6 +131,7 @@ def main() -> None:
     p.add_argument("--therm-stop", type=int, default=4)
     p.add_argument("--max-wall", type=float, default=900.0, help="wall-clock cap per rollout call (s)")
     p.add_argument("--burn", type=int, default=100)
+    p.add_argument("--max-lag", type=int, default=40, help="lags (frames) of the autocorrelation error")
     p.add_argument("--only", nargs="*", help="substrings of the method names to run")
     args = p.parse_args()
     args.out = args.out / args.system
@@ -155,11 +160,22 @@ def main() -> None:
     data_rms = float(state_rms(torch.from_numpy(((ref - offset) / scale).astype(np.float32))).mean())
     dt = float(test.attrs["dt"]) * int(test.attrs.get("save_every", 1))
 
+    from sns.metrics import autocorrelation
+
+    def acf(x):  # (B, T, D) -> (max_lag + 1,), mean over coordinates
+        return np.nanmean(autocorrelation(x, min(args.max_lag, x.shape[1] - 1), time_axis=1), axis=-1)
+
+    acf_ref = acf(train_ds[var].values)
+
+    def acf_err(x):
+        a = acf(x)
+        return float(np.max(np.abs(a - acf_ref[:len(a)])))
+
     rows = []
     floor = w1(tx[:, args.burn:].reshape(-1, tx.shape[-1]), ref)
     rows.append(("truth (test vs train)", "-", len(starts) * tx.shape[0], tx.shape[1] - 1, "-", "-", "-", floor,
-                 tx.reshape(-1, tx.shape[-1]).std(0) / ref.std(0)))
-    for name, step in steppers(args).items():
+                 tx.reshape(-1, tx.shape[-1]).std(0) / ref.std(0), acf_err(tx)))
+    for name, step in steppers(args, clean_conditioning=True).items():
         if args.only and not any(s in name for s in args.only):
             continue
         slug = "".join(c if c.isalnum() else "_" for c in name).strip("_")
@@ -175,7 +191,9 @@ def main() -> None:
         err = w1(pooled, ref) if len(pooled) else np.full(states.shape[-1], np.nan)
         sps = done / res.wall_time_total if res.wall_time_total > 0 else float("nan")
         ratio = pooled.std(0) / ref.std(0) if len(pooled) else np.full(states.shape[-1], np.nan)
-        rows.append((name, res.status, x0.shape[0], stable, res.calls_mean, res.calls_max, sps, err, ratio))
+        tail = states[:, args.burn + 1:] if done > args.burn + 2 * args.max_lag else states[:, 1:]
+        aerr = acf_err(tail) if tail.shape[1] > 1 and np.isfinite(tail).all() else float("nan")
+        rows.append((name, res.status, x0.shape[0], stable, res.calls_mean, res.calls_max, sps, err, ratio, aerr))
         print(f"{name}: {res.status} {done} steps, {res.wall_time_total:.0f} s", file=sys.stderr, flush=True)
 
     D = tx.shape[-1]
@@ -184,17 +202,18 @@ def main() -> None:
           f"training: {args.train_steps} steps of batch 256 per model "
           + ", ".join(f"{k} {v['wall_s']:.0f} s" for k, v in train_info.items()) + "\n")
     print(f"| method | status | ICs | stable steps (min) | calls/step mean | max | steps/s | W1 ({coords}) "
-          f"| std ratio ({coords}) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          f"| std ratio ({coords}) | ACF err (lags <= {args.max_lag}) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
 
     def fmt_vec(v):
         v = np.asarray(v)
         return " / ".join(f"{x:.2f}" for x in v) if D == 3 else f"{v.mean():.3f}"
 
-    for name, status, n, stable, cm, cx, sps, err, ratio in rows:
+    for name, status, n, stable, cm, cx, sps, err, ratio, aerr in rows:
         cm_s = f"{cm:.2f}" if isinstance(cm, float) else str(cm)
         sps_s = f"{sps:.0f}" if isinstance(sps, float) else str(sps)
-        print(f"| {name} | {status} | {n} | {stable} | {cm_s} | {cx} | {sps_s} | {fmt_vec(err)} | {fmt_vec(ratio)} |")
+        print(f"| {name} | {status} | {n} | {stable} | {cm_s} | {cx} | {sps_s} | {fmt_vec(err)} | {fmt_vec(ratio)} "
+              f"| {aerr:.3f} |")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lorenz_baselines import train_all
+from lorenz_baselines import steppers, train_all
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_PAIR = {"dim": 16, "dim_mults": "[1,2]", "mid_attn": "false", "emb_dim": 64, "head_features": 64,
@@ -136,7 +136,7 @@ def main() -> None:
         for a in range(0, arr.shape[1], 200):
             yield arr[:, a:a + 200].values.astype(np.float64)
 
-    k, e_ref, ens_ref, c_ref = field_stats(ref_iter(field), args.corr_steps + 1, args.max_lag)
+    _, e_ref, ens_ref, c_ref = field_stats(ref_iter(field), args.corr_steps + 1, args.max_lag)
     _, e_val, ens_val, c_val = field_stats(ref_iter(vfield), args.corr_steps + 1, args.max_lag)
     N = field.shape[-1]
     shells = slice(1, N // 2)

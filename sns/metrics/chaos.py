@@ -114,6 +114,11 @@ def _check_int(name: str, value: int, minimum: int) -> int:
     return int(value)
 
 
+def _check_positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+
+
 def _subsample(n: int, max_points: int | None, seed: int) -> np.ndarray:
     """Sorted indices of at most ``max_points`` of ``n`` items (all of them if None)."""
     if max_points is None or n <= max_points:
@@ -548,8 +553,7 @@ def rosenstein_divergence(
     Returns a dict: ``t`` ``(horizon + 1,)`` times ``k dt``, ``logd`` ``(horizon + 1,)``,
     ``theiler``, ``horizon``, ``dim``, ``delay`` (None for a given trajectory).
     """
-    if not dt > 0:
-        raise ValueError(f"dt must be positive, got {dt!r}")
+    _check_positive("dt", dt)
     a = _np(x)
     if a.ndim == 2 and a.shape[1] == 1:
         a = a[:, 0]
@@ -684,8 +688,7 @@ def lyapunov_qr(
 
     Returns ``(k,)`` exponents in decreasing order, 1 / (time units).
     """
-    if not dt > 0:
-        raise ValueError(f"dt must be positive, got {dt!r}")
+    _check_positive("dt", dt)
     n_steps = _check_int("n_steps", n_steps, 1)
     transient = n_steps // 10 if transient is None else _check_int("transient", transient, 0)
     x = torch.as_tensor(_np(x0) if not isinstance(x0, Tensor) else x0.detach()).to(dtype)
@@ -767,8 +770,7 @@ def power_spectral_density(
     replaced by frequency, in (units of x)^2 * (units of dt).
     """
     a = _np(x)
-    if not dt > 0:
-        raise ValueError(f"dt must be positive, got {dt!r}")
+    _check_positive("dt", dt)
     if a.ndim == 0:
         raise ValueError("x must have a time axis")
     if not -a.ndim <= axis < a.ndim:
@@ -862,8 +864,7 @@ def interspike_intervals(v: ArrayLike | Tensor, dt: float, threshold: float = 0.
     a = _np(v)
     if a.ndim != 1:
         raise ValueError(f"v must be a single trace of shape (T,), got {a.shape}")
-    if not dt > 0:
-        raise ValueError(f"dt must be positive, got {dt!r}")
+    _check_positive("dt", dt)
     i = np.flatnonzero((a[:-1] < threshold) & (a[1:] >= threshold))
     t = (i + (threshold - a[i]) / (a[i + 1] - a[i])) * dt
     return np.diff(t)
