@@ -234,7 +234,7 @@ def main() -> None:
         print(f"| {r['experiment']} | {r['task']} | {r['kind']} | {f(r.get('params_M'), '.3g')} | {r['state']} "
               f"| {f(r.get('batch') if r['task'] != 'solver' else None, 'd')} | {f(r.get('samples_per_s'), '.1f')} "
               f"| {f(r.get('s_per_step'), '.3f')} | {f(r.get('static_mb'), '.1f')} | {f(r.get('peak_mb'), '.0f')} "
-              f"| {f(r.get('rollout_steps_per_s'), '.1f')} | {f(r.get('calls'), 'd')} "
+              f"| {f(r.get('rollout_steps_per_s'), '.3g')} | {f(r.get('calls'), 'd')} "
               f"| {f(r.get('ms_per_call'), '.2f')} |")
 
 

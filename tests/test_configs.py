@@ -89,6 +89,8 @@ def test_compose_and_instantiate(experiment, task, tmp_path):
     with torch.no_grad():
         if task == "surrogate":
             assert torch.equal(module(x), x)  # zero-initialised residual: identity
+            # cpu field presets conserve the spatial mean; the paper presets are as published
+            assert getattr(module.model, "conserve_mean", False) == (experiment in ("kolmogorov_cpu", "qg_cpu"))
             assert cfg.data.horizon == cfg.model.surrogate.module.unroll_max
         else:
             S = module.model.n_levels
