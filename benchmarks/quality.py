@@ -22,6 +22,10 @@ One command makes everything it needs under ``--out`` and prints a markdown tabl
    ``--corr-steps`` steps), and the ratio of the mean enstrophy to the reference's.
    The "truth" row compares the valid split with the test split (sampling floor).
 
+``--conserve-mean`` wraps every method in :class:`sns.constraints.ConserveMean` (the spatial mean
+of each channel kept at the initial condition's; stores under ``rollouts-cm/``), reusing the
+trained models.
+
 Run: ``python benchmarks/quality.py --system kolmogorov`` (about 20 minutes of training plus the
 rollout caps on 2 cores); ``--only SNS`` to run a subset.
 """
@@ -93,6 +97,8 @@ def main() -> None:
     p.add_argument("--max-lag", type=int, default=20)
     p.add_argument("--corr-steps", type=int, default=200)
     p.add_argument("--only", nargs="*")
+    p.add_argument("--conserve-mean", action="store_true",
+                   help="wrap every method in sns.constraints.ConserveMean (stores under rollouts-cm/)")
     args = p.parse_args()
     args.out = args.out / args.system
     torch.set_num_threads(1)
@@ -153,7 +159,11 @@ def main() -> None:
         if args.only and not any(s in name for s in args.only):
             continue
         slug = "".join(ch if ch.isalnum() else "_" for ch in name).strip("_")
-        store = args.out / "rollouts" / f"{slug}.zarr"
+        store = args.out / ("rollouts-cm" if args.conserve_mean else "rollouts") / f"{slug}.zarr"
+        if args.conserve_mean:
+            from sns.constraints import ConserveMean
+
+            step, name = ConserveMean(step), f"{name} + ConserveMean"
         res = rollout(step, x0, args.steps, store=store, chunk=100, dt=dt, seed=0, data_rms=data_rms,
                       blowup_factor=10.0, max_wall_time=args.max_wall, progress=False,
                       attrs={"method": name, "norm_offset": test.attrs["norm_offset"],
@@ -173,7 +183,7 @@ def main() -> None:
         print(f"{name}: {res.status} {done} steps, {res.wall_time_total:.0f} s", file=sys.stderr, flush=True)
 
     print(f"\n{args.system} cpu preset, {args.steps} steps requested from {x0.shape[0]} initial conditions, "
-          f"rollout cap {args.max_wall:.0f} s per method; training budget {args.train_minutes:g} min per model: "
+          f"rollout cap {args.max_wall:.0f} s per method{'; every method wrapped in ConserveMean' if args.conserve_mean else ''}; training budget {args.train_minutes:g} min per model: "
           + ", ".join(f"{t} {v['steps']} steps" for t, v in train_info.items()) + "\n")
     print("| method | status | ICs | steps (stable) | calls/step mean | max | steps/s | spectrum max rel. err "
           "(shells 1..N/2-1) | spectrum log-L2 | C(tau) max err | enstrophy ratio |")

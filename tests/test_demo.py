@@ -51,3 +51,23 @@ def test_demo_pipeline(demo_cfg, tmp_path):
     for png in pngs:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert set(out["timings"]) >= {"data", "surrogate", "denoiser", "rollout SNS", "rollout surrogate", "evaluate"}
+    # the demo's files rolled out with sns.constraints.ConserveMean (sns-rollout conserve_mean=true):
+    # every state keeps its initial condition's spatial mean, the call count is the method's
+    from sns.cli.rollout import run_rollout
+    from sns.rollout import open_rollout
+
+    data_dir = next((root / "data").glob("kolmogorov-*"))
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        rcfg = compose(config_name="rollout", overrides=[
+            f"surrogate={root / 'surrogate' / 'surrogate.safetensors'}",
+            f"denoiser={root / 'denoiser' / 'denoiser.safetensors'}", "refiner.fixed_levels=[0,0]",
+            f"data_dir={data_dir}", "trajectories=1", "n_steps=5", "conserve_mean=true", "torch_threads=1",
+            f"out={tmp_path / 'cm.zarr'}"])
+    try:
+        res = run_rollout(rcfg)
+    finally:
+        torch.set_num_threads(n)
+    ds = open_rollout(tmp_path / "cm.zarr")
+    assert res.status == "completed" and ds.attrs["conserve_mean"] is True and res.calls_mean == 2
+    means = ds["state"].values.astype("float64").mean(axis=(-2, -1))  # (trajectory, time, channel)
+    assert abs(means - means[:, :1]).max() < 1e-5

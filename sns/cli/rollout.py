@@ -114,6 +114,11 @@ def run_rollout(cfg: DictConfig) -> Any:
     split_path = Path(cfg.data_dir) / f"{cfg.split}.zarr"
     data_attrs = check_store(split_path)
     step, attrs = build_stepper(cfg, data_attrs, device)
+    attrs["conserve_mean"] = bool(cfg.get("conserve_mean", False))
+    if attrs["conserve_mean"]:  # keep each channel's spatial mean of the previous state (fields)
+        from sns.constraints import ConserveMean
+
+        step = ConserveMean(step)
     attrs.update({"data_dir": str(cfg.data_dir), "split": cfg.split, "start_frame": int(cfg.start_frame),
                   "norm_offset": data_attrs["norm_offset"], "norm_scale": data_attrs["norm_scale"],
                   "system": data_attrs["system"]})
