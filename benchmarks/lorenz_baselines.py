@@ -82,8 +82,13 @@ def train_all(args, data_root: Path, budget: list[str] | None = None, extra: lis
     return info
 
 
-def steppers(args, clean_conditioning: bool = False) -> dict[str, object]:
-    """Every method as a stepper, built from the models that :func:`train_all` exported."""
+def steppers(args, clean_conditioning: bool = False, generation_clamp: float | None = None) -> dict[str, object]:
+    """Every method as a stepper, built from the models that :func:`train_all` exported.
+
+    ``generation_clamp`` clamps ``x0_hat`` (normalised units) in the clean-conditioning row only:
+    generation starts at the top level of the cosine schedule, where ``abar`` is ~1e-7 and the
+    ``x0`` estimate multiplies the network's noise error by ``1/sqrt(abar)`` (~2000 for S = 100).
+    """
     from sns.baselines import ACDM, GaussianApproximation, PDERefiner, Thermalizer
     from sns.export import load_model, load_schedule
     from sns.refine import SNSRefiner
@@ -106,7 +111,8 @@ def steppers(args, clean_conditioning: bool = False) -> dict[str, object]:
         "SNS fix s2": SNSRefiner(den, sch, sur, path="fix_s2"),
     }
     if clean_conditioning:  # x_t generated from pure noise, conditioned on the (almost) clean x_{t-1}
-        methods["clean conditioning (generation)"] = SNSRefiner(den, sch, None, fixed_levels=(0, sch.n_levels - 1))
+        methods["clean conditioning (generation)"] = SNSRefiner(den, sch, None, fixed_levels=(0, sch.n_levels - 1),
+                                                                clamp=generation_clamp)
     methods[f"ACDM (S = {args.acdm_levels})"] = ACDM(acdm, load_schedule(ax))
     methods[f"Thermalizer {args.therm_start}/{args.therm_stop}"] = Thermalizer(
         therm, load_schedule(tx), sur, start=args.therm_start, stop=args.therm_stop, limit=None)
@@ -175,7 +181,9 @@ def main() -> None:
     floor = w1(tx[:, args.burn:].reshape(-1, tx.shape[-1]), ref)
     rows.append(("truth (test vs train)", "-", len(starts) * tx.shape[0], tx.shape[1] - 1, "-", "-", "-", floor,
                  tx.reshape(-1, tx.shape[-1]).std(0) / ref.std(0), acf_err(tx)))
-    for name, step in steppers(args, clean_conditioning=True).items():
+    # clamp of the generation row: 1.5x the largest |state| of the training data (normalised units)
+    gen_clamp = 1.5 * float(np.abs((ref - offset) / scale).max())
+    for name, step in steppers(args, clean_conditioning=True, generation_clamp=gen_clamp).items():
         if args.only and not any(s in name for s in args.only):
             continue
         slug = "".join(c if c.isalnum() else "_" for c in name).strip("_")

@@ -155,7 +155,9 @@ def main() -> None:
 
     rows = [("truth (valid vs test)", "-", field.shape[0], field.shape[1] - 1, "-", "-", "-",
              *errors(e_val, c_val, ens_val))]
-    for name, step in steppers(args, clean_conditioning=True).items():
+    # clamp of the generation row (see steppers): 1.5x the largest |state| of the test split (normalised)
+    gen_clamp = 1.5 * float(np.abs((field.values - offset) / scale).max())
+    for name, step in steppers(args, clean_conditioning=True, generation_clamp=gen_clamp).items():
         if args.only and not any(s in name for s in args.only):
             continue
         slug = "".join(ch if ch.isalnum() else "_" for ch in name).strip("_")

@@ -65,6 +65,10 @@ class SNSRefiner(nn.Module):
             estimating them (``(0, 0)``: minimal refinement, best on Lorenz-63 in the
             CPU study); saves the estimation call.
         clamp: clamp ``x0_hat`` to ``[-clamp, clamp]`` in every reverse step (normalised units).
+            Set one for generation (``surrogate=None``) and for high estimated levels: at the
+            top of the cosine schedule ``abar`` is ~1e-7 (S = 100), so the ``x0`` estimate
+            multiplies the network's noise error by ``1/sqrt(abar)`` (~2000); 1.5x the data's
+            largest ``|state|`` is a safe bound.
         shift, scale: the denoiser works on ``(x - shift) / scale``; the surrogate and the
             returned states are in the caller's units.  Scalars or tensors broadcasting to
             one state.
