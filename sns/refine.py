@@ -68,7 +68,7 @@ class SNSRefiner(nn.Module):
             Set one for generation (``surrogate=None``) and for high estimated levels: at the
             top of the cosine schedule ``abar`` is ~1e-7 (S = 100), so the ``x0`` estimate
             multiplies the network's noise error by ``1/sqrt(abar)`` (~2000); 1.5x the data's
-            largest ``|state|`` is a safe bound.
+            largest ``|state|`` is the bound the benchmarks use.
         shift, scale: the denoiser works on ``(x - shift) / scale``; the surrogate and the
             returned states are in the caller's units.  Scalars or tensors broadcasting to
             one state.
