@@ -12,8 +12,10 @@ section 1), for a batch of states ``x_{n-1}``:
 5. ``x_n`` = the refined ``x_t``.
 
 Cost per step and sample: ``1 + s1 + s2 = i1 + i2 + 3`` denoiser calls on path A (one fewer
-estimation call with fixed levels); samples whose levels are both ``<= skip_threshold``
-keep the proposal and cost 1.  Without a surrogate the refiner generates: ``x_t`` starts
+estimation call with fixed levels), at most ``1 + 2 n_moves`` with strided legs; samples whose
+levels are both ``<= skip_threshold`` keep the proposal and cost 1 ("leave it": with a schedule
+resolved below the surrogate's error, e.g. ``log_sigma_schedule``, ``skip_threshold=0`` leaves
+alone every step the heads read as clean).  Without a surrogate the refiner generates: ``x_t`` starts
 from pure noise at ``s1 = S`` and follows the path conditioned on ``x_{n-1}``.
 
 A :class:`SNSRefiner` is itself a stepper (``state -> state``), so it composes with any
@@ -32,7 +34,7 @@ from sns.diffusion.paths import PATHS, Path, make_path, traverse
 from sns.diffusion.schedules import Schedule
 from sns.nets.base import PairDenoiser
 
-__all__ = ["SNSRefiner", "estimate_levels"]
+__all__ = ["SNSRefiner", "calibrate_skip_threshold", "estimate_levels"]
 
 PathFn = Callable[[Tensor, Tensor, int], Path]  #: (s1, s2, S) start coordinates -> Path
 
@@ -48,6 +50,29 @@ def estimate_levels(denoiser: PairDenoiser, x_prev: Tensor, x_next: Tensor) -> t
     return logits_s2.argmax(-1), logits_s1.argmax(-1)
 
 
+@torch.no_grad()
+def calibrate_skip_threshold(denoiser: PairDenoiser, x_prev: Tensor, x_next: Tensor, quantile: float = 0.9,
+                             batch: int = 8192) -> tuple[int, int]:
+    """The levels the heads read on *clean* pairs of real data: ``(k2, k1)``, the ``quantile`` of
+    ``(i2_hat, i1_hat)`` over the given pairs (normalised units, e.g. the valid split).
+
+    A trained head cannot read levels below its own resolution: on clean data it returns the
+    lowest level it can tell from clean (~ the denoiser's own one-step error), not 0.  A
+    proposal read at or below that is as clean as the data looks to this denoiser, so
+    ``SNSRefiner(skip_threshold=(k2, k1))`` leaves it alone ("leave it").  This is a property of
+    the trained denoiser measured on held-out data, not a tuned hyper-parameter; compute it on
+    a split that is not used for evaluation.
+    """
+    if not 0.0 < quantile <= 1.0:
+        raise ValueError(f"quantile must lie in (0, 1], got {quantile!r}")
+    if x_prev.shape != x_next.shape or x_prev.shape[0] < 1:
+        raise ValueError(f"need non-empty pairs of equal shape, got {tuple(x_prev.shape)} and {tuple(x_next.shape)}")
+    reads = [estimate_levels(denoiser, x_prev[k:k + batch], x_next[k:k + batch]) for k in range(0, len(x_prev), batch)]
+    i2 = torch.cat([r[0] for r in reads]).double()
+    i1 = torch.cat([r[1] for r in reads]).double()
+    return int(i2.quantile(quantile).floor()), int(i1.quantile(quantile).floor())
+
+
 class SNSRefiner(nn.Module):
     """A refined stepper ``x_{n-1} -> x_n`` wrapping any surrogate with a pair denoiser.
 
@@ -59,8 +84,9 @@ class SNSRefiner(nn.Module):
         path: ``"A"`` (default), ``"B"``, ``"C"``, ``"fix_s2"``, or a function
             ``(s1, s2, S) -> Path`` of the start coordinates; it must end with ``s1 = 0``.
         proposal_sigma: std of Gaussian noise added to the proposal (normalised units).
-        skip_threshold: keep the proposal where both estimated levels are ``<= k``
-            (the QG reference run uses 5); ``None`` refines always.
+        skip_threshold: keep the proposal where both estimated levels are ``<= k`` (the QG
+            reference run uses 5), or ``i2 <= k2`` and ``i1 <= k1`` for a pair ``(k2, k1)`` (e.g.
+            from :func:`calibrate_skip_threshold`); ``None`` refines always.
         fixed_levels: force the table levels ``(i2, i1)`` for every sample instead of
             estimating them (``(0, 0)``: minimal refinement, best on Lorenz-63 in the
             CPU study); saves the estimation call.
@@ -72,6 +98,17 @@ class SNSRefiner(nn.Module):
         shift, scale: the denoiser works on ``(x - shift) / scale``; the surrogate and the
             returned states are in the caller's units.  Scalars or tensors broadcasting to
             one state.
+        n_moves: strided path legs (:mod:`sns.diffusion.paths`): each leg takes at most this many
+            moves (posterior steps over several levels), so a step costs at most
+            ``1 + 2 n_moves`` calls whatever the levels; ``None``: unit steps (the paper).
+        eta: stochasticity of each reverse move (1: DDPM posterior; 0: DDIM, deterministic).
+        couple_levels: start ``x_t`` at least as high as ``x_{t-1}``: ``i1 = max(i1_hat, i2_hat)``.
+            The proposal was computed from the *unrefined* ``x_{t-1}``, so if the ``s2`` head reads
+            ``x_{t-1}`` off the data manifold at level ``i2``, ``x_t`` inherits (at least) that
+            error even when the pair is locally consistent and the ``s1`` head reads it as clean;
+            path A then cleans ``x_{t-1}`` and regenerates ``x_t`` from level ``i2`` given it.
+            This is what lets a slow drift of the *state* (each step locally consistent)
+            trigger refinement.
 
     Attributes after each call: ``last_levels`` (``(i2, i1)``, each ``(B,)``),
     ``last_calls`` (``(B,)`` denoiser calls per sample), ``last_refined`` (``(B,)`` bool);
@@ -91,6 +128,9 @@ class SNSRefiner(nn.Module):
         clamp: float | None = None,
         shift: float | Tensor = 0.0,
         scale: float | Tensor = 1.0,
+        n_moves: int | None = None,
+        eta: float = 1.0,
+        couple_levels: bool = False,
     ) -> None:
         super().__init__()
         S = schedule.n_levels
@@ -104,13 +144,23 @@ class SNSRefiner(nn.Module):
             raise TypeError(f"surrogate must be an nn.Module or a callable, got {type(surrogate).__name__}")
         if not proposal_sigma >= 0:
             raise ValueError(f"proposal_sigma must be >= 0, got {proposal_sigma!r}")
-        if skip_threshold is not None and (not isinstance(skip_threshold, int) or skip_threshold < 0):
-            raise ValueError(f"skip_threshold must be a non-negative integer or None, got {skip_threshold!r}")
+        if skip_threshold is not None:
+            pair = tuple(skip_threshold) if isinstance(skip_threshold, (tuple, list)) else (skip_threshold,) * 2
+            if len(pair) != 2 or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in pair):
+                raise ValueError(f"skip_threshold must be a non-negative integer, a pair (k2, k1) of them, or None, "
+                                 f"got {skip_threshold!r}")
+            skip_threshold = pair
         if fixed_levels is not None:
             if len(fixed_levels) != 2 or not all(isinstance(v, int) and 0 <= v < S for v in fixed_levels):
                 raise ValueError(f"fixed_levels must be two integer levels (i2, i1) in [0, {S}), got {fixed_levels!r}")
         if clamp is not None and not clamp > 0:
             raise ValueError(f"clamp must be positive or None, got {clamp!r}")
+        if n_moves is not None and (not isinstance(n_moves, int) or n_moves < 1):
+            raise ValueError(f"n_moves must be a positive integer or None (unit steps), got {n_moves!r}")
+        if n_moves is not None and not isinstance(path, str):
+            raise ValueError("n_moves applies to the named paths; a path constructor makes its own strides")
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(f"eta must lie in [0, 1], got {eta!r}")
         self.denoiser = denoiser
         self.schedule = schedule
         self.surrogate = surrogate  # an nn.Module is registered (moves with .to()); a callable is kept as is
@@ -119,6 +169,9 @@ class SNSRefiner(nn.Module):
         self.skip_threshold = skip_threshold
         self.fixed_levels = fixed_levels
         self.clamp = clamp
+        self.n_moves = n_moves
+        self.eta = float(eta)
+        self.couple_levels = bool(couple_levels)
         self.register_buffer("shift", torch.as_tensor(shift, dtype=torch.float32), persistent=False)
         self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32), persistent=False)
         if not bool((self.scale > 0).all()):
@@ -139,7 +192,7 @@ class SNSRefiner(nn.Module):
 
     def _path(self, s1: Tensor, s2: Tensor) -> Path:
         S = self.schedule.n_levels
-        path = make_path(self.path, s1, s2, S) if isinstance(self.path, str) else self.path(s1, s2, S)
+        path = make_path(self.path, s1, s2, S, self.n_moves) if isinstance(self.path, str) else self.path(s1, s2, S)
         if not isinstance(path, Path):
             raise TypeError(f"the path constructor returned {type(path).__name__}, expected a Path")
         if bool((path.end[:, 0] != 0).any()):
@@ -176,8 +229,10 @@ class SNSRefiner(nn.Module):
         if self.surrogate is None:
             i1 = torch.full_like(i1, S - 1)
         refine = torch.ones(B, dtype=torch.bool, device=x.device)
-        if self.skip_threshold is not None and self.surrogate is not None:
-            refine = (i2 > self.skip_threshold) | (i1 > self.skip_threshold)
+        if self.skip_threshold is not None and self.surrogate is not None:  # on the raw estimates
+            refine = (i2 > self.skip_threshold[0]) | (i1 > self.skip_threshold[1])
+        if self.couple_levels and self.surrogate is not None:
+            i1 = torch.maximum(i1, i2)
         out = x_hat.clone()
         idx = refine.nonzero().squeeze(1)
         if idx.numel():
@@ -186,7 +241,7 @@ class SNSRefiner(nn.Module):
             if self.surrogate is not None:
                 xn, _ = noise_state(self.schedule, xn, i1[idx], generator=generator)
             path = self._path(i1[idx].cpu() + 1, i2[idx].cpu() + 1)
-            result = traverse(self.denoiser, self.schedule, xp, xn, path, self.clamp, generator)
+            result = traverse(self.denoiser, self.schedule, xp, xn, path, self.clamp, generator, eta=self.eta)
             out[idx] = result.x_next
             calls[idx] += result.calls.to(calls.device)
         self.last_levels, self.last_calls, self.last_refined = (i2, i1), calls, refine

@@ -92,6 +92,17 @@ def test_train_export_and_rollout(data_root, tmp_path):
     # fixed levels (0, 0) on path A: 1 (left) + 1 (down) calls per step, no estimation call
     assert (refined["calls"].values[:, 1:] == 2).all()
     np.testing.assert_array_equal(refined["state"].values[:, 0], plain["state"].values[:, 0])
+    # estimated levels with strided legs, coupled levels and a per-head leave-it threshold
+    run_rollout(compose("rollout", [f"surrogate={tmp_path}/sur/surrogate.safetensors",
+                                    f"denoiser={tmp_path}/den/denoiser.safetensors", f"data_dir={data}",
+                                    "n_steps=6", "trajectories=2", "refiner.n_moves=2", "refiner.couple_levels=true",
+                                    "refiner.skip_threshold=[1,2]", "refiner.eta=0.0", "refiner.clamp=3.0",
+                                    f"out={tmp_path}/strided.zarr"]))
+    strided = open_rollout(tmp_path / "strided.zarr")
+    # (a 4-step denoiser reads high levels: x0_hat is clamped, and only the costs are checked)
+    assert strided.attrs["refiner"]["n_moves"] == 2 and strided.attrs["refiner"]["skip_threshold"] == [1, 2]
+    calls = strided["calls"].values[:, 1:]
+    assert calls.size and (calls >= 1).all() and (calls <= 1 + 2 * 2).all()  # estimation + <= 2 moves per leg
 
 
 def test_multirun_two_jobs(data_root, tmp_path):

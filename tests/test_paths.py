@@ -22,8 +22,13 @@ from sns.nets.mlp import MLPPairDenoiser
 def test_validation_errors_name_the_offender():
     with pytest.raises(ValueError, match=r"sample 0: s2 increases from point 1 \(3, 1\) to point 2 \(3, 2\).*S = 5"):
         Path([(3, 2), (3, 1), (3, 2), (0, 0)], 5)
-    with pytest.raises(ValueError, match=r"s1 jumps by -2 from point 0 \(3, 0\)"):
+    with pytest.raises(ValueError, match=r"s1 jumps by -2 from point 0 \(3, 0\).*unless strided=True"):
         Path([(3, 0), (1, 0), (0, 0)], 5)
+    assert Path([(3, 0), (1, 0), (0, 0)], 5, strided=True).n_calls.tolist() == [2]
+    with pytest.raises(ValueError, match=r"s2 increases"):
+        Path([(3, 0), (1, 2), (0, 0)], 5, strided=True)
+    with pytest.raises(ValueError, match="n_moves must be a positive integer"):
+        path_A(3, 3, 5, n_moves=0)
     with pytest.raises(ValueError, match=r"ends at \(s1, s2\) = \(1, 0\), expected \(0, 0\) \(S = 5\)"):
         Path([(2, 0), (1, 0)], 5)
     with pytest.raises(ValueError, match=r"point 0 has s1 = 6, outside \[0, S\] = \[0, 5\]"):
@@ -65,6 +70,30 @@ def test_constructors_shapes_endpoints_and_costs():
     assert (t.points[:, :, 1] == S).all() and t.points[1, -1].tolist() == [4, S]
 
 
+def test_strided_constructors():
+    """Each leg in at most n_moves near-even strides; same start, end and shape of path as unit steps."""
+    S, n = 100, 3
+    s1, s2 = torch.tensor([70, 2, 0, 50, 1]), torch.tensor([30, 60, 0, 50, 0])
+    for name, legs in (("A", (s1, s2)), ("B", (s1, s2)), ("C", None), ("fix_s2", (s1,))):
+        p = make_path(name, s1, s2, S, n_moves=n)
+        unit = make_path(name, s1, s2, S)
+        assert p.strided and p.start.tolist() == unit.start.tolist() and p.end.tolist() == unit.end.tolist()
+        if legs is not None:  # one leg per coordinate that is not already 0
+            want = sum(torch.minimum(v, torch.tensor(n)) for v in legs)
+            assert p.n_calls.tolist() == want.tolist(), name
+        else:
+            assert (p.n_calls <= 2 * n).all() and (p.n_calls <= unit.n_calls).all()
+        assert (p.n_calls <= unit.n_calls).all()
+    a = path_A(70, 30, S, n_moves=3).points[0].tolist()
+    assert a == [[70, 30], [70, 20], [70, 10], [70, 0], [47, 0], [24, 0], [0, 0]]
+    c = path_C(10, 40, S, n_moves=2).points[0].tolist()
+    assert c == [[10, 40], [10, 25], [10, 10], [5, 5], [0, 0]]  # to the diagonal, then along it
+    wide = path_A(7, 3, S, n_moves=100).points[0].unique_consecutive(dim=0)  # n_moves >= levels: the unit path
+    assert wide.tolist() == path_A(7, 3, S).points[0].tolist()
+    sub = path_A(torch.tensor([5, 0]), torch.tensor([0, 1]), S, n_moves=2)[1]  # a sub-batch keeps its moves
+    assert sub.n_calls.tolist() == [1] and sub.points[0, -1].tolist() == [0, 0]
+
+
 class CountingDenoiser(torch.nn.Module):
     """Wraps a pair denoiser and records the batch size of every call."""
 
@@ -78,23 +107,26 @@ class CountingDenoiser(torch.nn.Module):
         return self.inner(x_prev, x_next, s2, s1)
 
 
+@pytest.mark.parametrize("n_moves", [None, 2])
 @pytest.mark.parametrize("blind", [True, False])
 @pytest.mark.parametrize("name", ["A", "B", "C", "fix_s2"])
-def test_heterogeneous_batch_equals_one_by_one(name, blind):
+def test_heterogeneous_batch_equals_one_by_one(name, blind, n_moves):
     S, D = 12, 3
     torch.manual_seed(0)
     net = CountingDenoiser(MLPPairDenoiser(D, S, width=32, n_enc=1, n_dec=1, blind=blind).eval())
     sch = cosine_schedule(S)
     s1, s2 = torch.tensor([5, 0, 12, 3, 1]), torch.tensor([2, 4, 12, 0, 1])
-    path = make_path(name, s1, s2, S)
+    path = make_path(name, s1, s2, S, n_moves)
     g = torch.Generator().manual_seed(3)
     xp, xn = torch.randn(5, D, generator=g), torch.randn(5, D, generator=g)
     gens = [torch.Generator().manual_seed(10 + b) for b in range(5)]
     r = traverse(net, sch, xp, xn, path, generator=gens)
     # compaction: one call per step, on the active samples only
-    assert r.network_calls == int(path.n_calls.max()) == len(net.sizes)
-    assert net.sizes[0] == int((path.n_calls > 0).sum()) and net.sizes[-1] == int((path.n_calls == path.n_calls.max()).sum())
     assert sum(net.sizes) == int(path.n_calls.sum()) and r.calls.tolist() == path.n_calls.tolist()
+    if n_moves is None:  # unit paths move every sample at every point until its end
+        assert r.network_calls == int(path.n_calls.max()) == len(net.sizes)
+        assert net.sizes[0] == int((path.n_calls > 0).sum())
+        assert net.sizes[-1] == int((path.n_calls == path.n_calls.max()).sum())
     for b in range(5):
         one = traverse(net, sch, xp[b : b + 1], xn[b : b + 1], path[b], generator=[torch.Generator().manual_seed(10 + b)])
         torch.testing.assert_close(r.x_next[b : b + 1], one.x_next, rtol=1e-5, atol=1e-5)

@@ -79,9 +79,12 @@ def build_stepper(cfg: DictConfig, data_attrs: dict[str, Any], device: Any) -> t
     if method == "sns":
         r = OmegaConf.to_container(cfg.refiner, resolve=True)
         fixed = tuple(int(v) for v in r["fixed_levels"]) if r.get("fixed_levels") is not None else None
+        skip = r.get("skip_threshold")
+        skip = tuple(int(v) for v in skip) if isinstance(skip, (list, tuple)) else skip
         step: Any = SNSRefiner(model, load_schedule(d_extra), surrogate=surrogate, path=r["path"],
-                               proposal_sigma=float(r["proposal_sigma"]), skip_threshold=r.get("skip_threshold"),
-                               fixed_levels=fixed, clamp=r.get("clamp"))
+                               proposal_sigma=float(r["proposal_sigma"]), skip_threshold=skip,
+                               fixed_levels=fixed, clamp=r.get("clamp"), n_moves=r.get("n_moves"),
+                               eta=float(r.get("eta", 1.0)), couple_levels=bool(r.get("couple_levels", False)))
         attrs["refiner"] = r
     elif method == "thermalizer":
         t = OmegaConf.to_container(cfg.thermalizer, resolve=True)

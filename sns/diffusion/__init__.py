@@ -17,8 +17,14 @@ from sns.diffusion.paths import (
     thermalizer_path,
     traverse,
 )
-from sns.diffusion.sampling import ddpm_step, predict_x0
-from sns.diffusion.schedules import Schedule, cosine_schedule, linear_schedule, make_schedule
+from sns.diffusion.sampling import ddpm_step, posterior_step, predict_x0
+from sns.diffusion.schedules import (
+    Schedule,
+    cosine_schedule,
+    linear_schedule,
+    log_sigma_schedule,
+    make_schedule,
+)
 
 __all__ = [
     "PATHS",
@@ -30,6 +36,7 @@ __all__ = [
     "cosine_schedule",
     "ddpm_step",
     "linear_schedule",
+    "log_sigma_schedule",
     "make_path",
     "make_schedule",
     "noise_pair",
@@ -39,6 +46,7 @@ __all__ = [
     "path_B",
     "path_C",
     "path_fix_s2",
+    "posterior_step",
     "predict_x0",
     "thermalizer_path",
     "traverse",

@@ -17,7 +17,16 @@ step short: an off-by-one.  Here noising at table level ``i`` and reverse steps 
 each move lowering ``s1``, ``s2`` or both by exactly one (one DDPM ancestral step of the
 state(s) that move, one network call), ending at ``end`` -- ``(0, 0)`` unless the
 constructor says otherwise.  A batch holds one path per sample, shape ``(B, L, 2)``
-(``[..., 0] = s1``, ``[..., 1] = s2``), padded after the end by repeating the last point.
+(``[..., 0] = s1``, ``[..., 1] = s2``), padded by repeating points (a repeated point is
+no move and costs nothing).
+
+**Strided paths** (``strided=True``; constructors take ``n_moves``) may lower a coordinate by
+several levels in one move: the step ``i -> j`` is the DDPM posterior ``q(x_j | x_i, x0_hat)``
+(``eta = 1``) or DDIM (``eta = 0``), :func:`sns.diffusion.sampling.posterior_step`.  A leg of
+``n`` levels then costs ``min(n, n_moves)`` calls instead of ``n``: what makes a fine schedule
+(many levels near the bottom, e.g. :func:`~sns.diffusion.schedules.log_sigma_schedule`)
+affordable.  Like unit steps they are exact only in the continuum limit; the variance lost per
+stride is measured in tests/test_oracle.py.
 
 Why ``end`` is explicit: every SNS path must finish with both states clean, so by
 default a path that stops elsewhere is a bug and fails validation.  Two methods stop
@@ -40,7 +49,7 @@ import torch
 from torch import Tensor
 
 from sns.diffusion.noising import randn_like, table
-from sns.diffusion.sampling import ddpm_step
+from sns.diffusion.sampling import posterior_step
 from sns.diffusion.schedules import Schedule
 from sns.nets.base import PairDenoiser
 
@@ -77,6 +86,7 @@ class Path:
     points: Tensor
     n_levels: int
     end: Tensor | None = None
+    strided: bool = False  #: allow moves of several levels per coordinate
 
     def __post_init__(self) -> None:
         pts = torch.as_tensor(self.points)
@@ -94,7 +104,7 @@ class Path:
         end = torch.as_tensor(end).long().cpu().expand(pts.shape[0], 2).clone()
         object.__setattr__(self, "points", pts)
         object.__setattr__(self, "end", end)
-        _validate(pts, end, S)
+        _validate(pts, end, S, self.strided)
 
     @property
     def batch_size(self) -> int:
@@ -120,15 +130,16 @@ class Path:
         if isinstance(index, int):
             index = [index]
         pts, end = self.points[index], self.end[index]
-        length = int(self.n_calls_of(pts).max()) + 1 if len(pts) else 1
-        return Path(pts[:, :length], self.n_levels, end)
+        moving = (pts[:, 1:] != pts[:, :-1]).any(-1).any(0).nonzero()
+        length = int(moving[-1]) + 2 if len(moving) else 1
+        return Path(pts[:, :length], self.n_levels, end, self.strided)
 
     @staticmethod
     def n_calls_of(points: Tensor) -> Tensor:
         return (points[:, 1:] != points[:, :-1]).any(-1).sum(1)
 
 
-def _validate(pts: Tensor, end: Tensor, S: int) -> None:
+def _validate(pts: Tensor, end: Tensor, S: int, strided: bool = False) -> None:
     names = ("s1", "s2")
     bad = ((pts < 0) | (pts > S)).nonzero()
     if len(bad):
@@ -136,14 +147,14 @@ def _validate(pts: Tensor, end: Tensor, S: int) -> None:
         raise ValueError(f"path of sample {b}: point {k} has {names[c]} = {int(pts[b, k, c])}, "
                          f"outside [0, S] = [0, {S}]")
     step = pts[:, 1:] - pts[:, :-1]
-    bad = ((step > 0) | (step < -1)).nonzero()
+    bad = ((step > 0) | (step < -1)).nonzero() if not strided else (step > 0).nonzero()
     if len(bad):
         b, k, c = (int(v) for v in bad[0])
         what = "increases" if step[b, k, c] > 0 else f"jumps by {int(step[b, k, c])}"
         raise ValueError(
             f"path of sample {b}: {names[c]} {what} from point {k} {tuple(pts[b, k].tolist())} to "
             f"point {k + 1} {tuple(pts[b, k + 1].tolist())}; a path must be non-increasing with "
-            f"moves of at most one level per coordinate (S = {S})"
+            f"moves of at most one level per coordinate unless strided=True (S = {S})"
         )
     bad = (pts[:, -1] != end).any(-1).nonzero()
     if len(bad):
@@ -173,32 +184,72 @@ def _steps(total: Tensor) -> Tensor:
     return torch.arange(int(total.max()) + 1 if total.numel() else 1)[None]
 
 
-def path_A(s1: IntOrTensor, s2: IntOrTensor, n_levels: int) -> Path:
+def _leg(start: Tensor, n_moves: int) -> Tensor:
+    """``(B, n_moves + 1)`` coordinates from ``start`` down to 0 in ``n_moves`` near-even strides
+    (``ceil(start (n - k) / n)``; starts below ``n_moves`` repeat points, i.e. take fewer moves)."""
+    k = torch.arange(n_moves + 1)[None]
+    return (start[:, None] * (n_moves - k) + n_moves - 1) // n_moves
+
+
+def _check_moves(n_moves: int | None) -> None:
+    if n_moves is not None and (not isinstance(n_moves, int) or n_moves < 1):
+        raise ValueError(f"n_moves must be a positive integer or None (unit steps), got {n_moves!r}")
+
+
+def _two_legs(first: Tensor, second: Tensor, n_moves: int) -> tuple[Tensor, Tensor]:
+    """Strided "first coordinate to 0, then the second": ``(B, 2 n + 1)`` sequences of each."""
+    a, b = _leg(first, n_moves), _leg(second, n_moves)
+    pa = torch.cat([a, a[:, -1:].expand(-1, n_moves)], 1)
+    pb = torch.cat([second[:, None].expand(-1, n_moves + 1), b[:, 1:]], 1)
+    return pa, pb
+
+
+def path_A(s1: IntOrTensor, s2: IntOrTensor, n_levels: int, n_moves: int | None = None) -> Path:
     """Path A (the paper's choice): left, then down.
 
     Denoise ``x_{t-1}`` from ``s2`` to 0 while ``x_t`` waits at ``s1``, then ``x_t`` from ``s1``
-    to 0 conditioned on the clean ``x_{t-1}``.  ``s1 + s2`` calls.
+    to 0 conditioned on the clean ``x_{t-1}``.  ``s1 + s2`` calls; with ``n_moves`` each leg
+    takes at most ``n_moves`` strided moves (a strided path).
     """
     s1, s2 = _starts(n_levels, s1=s1, s2=s2)
+    _check_moves(n_moves)
+    if n_moves is not None:
+        p2, p1 = _two_legs(s2, s1, n_moves)
+        return Path(torch.stack([p1, p2], -1), n_levels, strided=True)
     k = _steps(s1 + s2)
     p2 = (s2[:, None] - k).clamp(min=0)
     p1 = s1[:, None] - (k - s2[:, None]).clamp(min=0).minimum(s1[:, None])
     return Path(torch.stack([p1, p2], -1), n_levels)
 
 
-def path_B(s1: IntOrTensor, s2: IntOrTensor, n_levels: int) -> Path:
+def path_B(s1: IntOrTensor, s2: IntOrTensor, n_levels: int, n_moves: int | None = None) -> Path:
     """Path B: down, then left (``x_t`` to 0 first, conditioned on the noised ``x_{t-1}``)."""
     s1, s2 = _starts(n_levels, s1=s1, s2=s2)
+    _check_moves(n_moves)
+    if n_moves is not None:
+        p1, p2 = _two_legs(s1, s2, n_moves)
+        return Path(torch.stack([p1, p2], -1), n_levels, strided=True)
     k = _steps(s1 + s2)
     p1 = (s1[:, None] - k).clamp(min=0)
     p2 = s2[:, None] - (k - s1[:, None]).clamp(min=0).minimum(s2[:, None])
     return Path(torch.stack([p1, p2], -1), n_levels)
 
 
-def path_C(s1: IntOrTensor, s2: IntOrTensor, n_levels: int) -> Path:
+def path_C(s1: IntOrTensor, s2: IntOrTensor, n_levels: int, n_moves: int | None = None) -> Path:
     """Path C: straight to the diagonal (the higher coordinate comes down to the lower),
-    then along it with both states denoised together.  ``max(s1, s2)`` calls."""
+    then along it with both states denoised together.  ``max(s1, s2)`` calls (strided: at most
+    ``n_moves`` for each of the two legs)."""
     s1, s2 = _starts(n_levels, s1=s1, s2=s2)
+    _check_moves(n_moves)
+    if n_moves is not None:
+        hi, lo = torch.maximum(s1, s2), torch.minimum(s1, s2)
+        down = lo[:, None] + _leg(hi - lo, n_moves)  # the higher coordinate: hi -> lo
+        diag = _leg(lo, n_moves)[:, 1:]  # then both together: lo -> 0
+        top = torch.cat([down, diag], 1)
+        low = torch.cat([lo[:, None].expand(-1, n_moves + 1), diag], 1)
+        p1 = torch.where((s1 >= s2)[:, None], top, low)
+        p2 = torch.where((s1 >= s2)[:, None], low, top)
+        return Path(torch.stack([p1, p2], -1), n_levels, strided=True)
     hi = torch.maximum(s1, s2)[:, None]
     k = _steps(hi[:, 0])
     p1 = (hi - k).minimum(s1[:, None]).clamp(min=0)
@@ -206,16 +257,17 @@ def path_C(s1: IntOrTensor, s2: IntOrTensor, n_levels: int) -> Path:
     return Path(torch.stack([p1, p2], -1), n_levels)
 
 
-def path_fix_s2(s1: IntOrTensor, s2: IntOrTensor, n_levels: int) -> Path:
+def path_fix_s2(s1: IntOrTensor, s2: IntOrTensor, n_levels: int, n_moves: int | None = None) -> Path:
     """"Fix s2": only ``x_t`` is denoised (``s1 -> 0``); ``x_{t-1}`` stays at ``s2``.
 
     Ends at ``(0, s2)`` (explicit ``end``): the conditioning state is never cleaned.
     """
     s1, s2 = _starts(n_levels, s1=s1, s2=s2)
-    k = _steps(s1)
-    p1 = (s1[:, None] - k).clamp(min=0)
+    _check_moves(n_moves)
+    p1 = (s1[:, None] - _steps(s1)).clamp(min=0) if n_moves is None else _leg(s1, n_moves)
     p2 = s2[:, None].expand_as(p1)
-    return Path(torch.stack([p1, p2], -1), n_levels, end=torch.stack([torch.zeros_like(s2), s2], -1))
+    return Path(torch.stack([p1, p2], -1), n_levels, end=torch.stack([torch.zeros_like(s2), s2], -1),
+                strided=n_moves is not None)
 
 
 def clean_conditioning_path(n_levels: int, batch: int = 1, s1: IntOrTensor | None = None) -> Path:
@@ -259,11 +311,11 @@ def thermalizer_path(start: IntOrTensor, stop: IntOrTensor, n_levels: int) -> Pa
 PATHS = {"A": path_A, "B": path_B, "C": path_C, "fix_s2": path_fix_s2}
 
 
-def make_path(name: str, s1: IntOrTensor, s2: IntOrTensor, n_levels: int) -> Path:
-    """Refinement path by name: ``"A"``, ``"B"``, ``"C"`` or ``"fix_s2"``."""
+def make_path(name: str, s1: IntOrTensor, s2: IntOrTensor, n_levels: int, n_moves: int | None = None) -> Path:
+    """Refinement path by name: ``"A"``, ``"B"``, ``"C"`` or ``"fix_s2"`` (``n_moves``: strided legs)."""
     if name not in PATHS:
         raise ValueError(f"unknown path {name!r}; choose one of {sorted(PATHS)}")
-    return PATHS[name](s1, s2, n_levels)
+    return PATHS[name](s1, s2, n_levels, n_moves)
 
 
 # --------------------------------------------------------------------------- traversal
@@ -289,8 +341,10 @@ def traverse(
     clamp: float | None = None,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     condition: Tensor | None = None,
+    eta: float = 1.0,
 ) -> Traversal:
-    """Execute ``path`` with DDPM ancestral steps (:func:`sns.diffusion.sampling.ddpm_step`).
+    """Execute ``path`` with DDPM ancestral steps (:func:`sns.diffusion.sampling.posterior_step`;
+    for unit moves the same as :func:`~sns.diffusion.sampling.ddpm_step`).
 
     Args:
         denoiser: the pair denoiser ``D_theta``; it sees the pair at table levels
@@ -308,6 +362,8 @@ def traverse(
             coordinate with fresh noise (``sqrt(abar) c + sqrt(1 - abar) z``; clean at
             ``s2 = 0``).  This is ACDM's sampler (Kohl et al. 2023), where the conditioning
             part of the diffusion state is replaced by a forward-noised copy at every level.
+        eta: stochasticity of each move (1: DDPM posterior, 0: DDIM); matters for strided moves
+            and, for unit moves, makes them deterministic (``eta < 1``).
 
     Returns:
         :class:`Traversal` with the states at the path's end and the call counts.
@@ -335,6 +391,7 @@ def traverse(
         if idx.numel() == 0:
             continue
         s = points[:, k].expand(B, 2)[idx]  # (n, 2) coordinates (s1, s2) before the move
+        s_new = points[:, k + 1].expand(B, 2)[idx]  # ... and after it
         level = (s - 1).clamp(min=0)
         out = denoiser(x_prev[idx], x_next[idx], s2=level[:, 1], s1=level[:, 0])
         network_calls += 1
@@ -345,14 +402,14 @@ def traverse(
             if not m.any():
                 continue
             rows = idx[m]
-            if c == 1 and condition is not None:  # re-noise the clean condition to s2 - 1
-                new = s[m, c] - 1
+            if c == 1 and condition is not None:  # re-noise the clean condition to the new s2
+                new = s_new[m, c]
                 abar = table(schedule.abar, (new - 1).clamp(min=0), x[rows])
                 noised = abar.sqrt() * condition[rows] + (1 - abar).sqrt() * z[m]
                 clean = (new == 0).reshape(-1, *([1] * (x.ndim - 1)))
                 x[rows] = torch.where(clean, condition[rows], noised)
             else:
-                x[rows] = ddpm_step(schedule, x[rows], eps[m], s[m, c] - 1, z[m], clamp)
+                x[rows] = posterior_step(schedule, x[rows], eps[m], s[m, c] - 1, s_new[m, c] - 1, z[m], clamp, eta)
     calls = moves.any(-1).sum(1).expand(B)
     return Traversal(x_prev, x_next, calls, network_calls)
 

@@ -1,0 +1,233 @@
+"""Does SNS earn its name?  Do-no-harm and rescue on Lorenz-63, several seeds, fixed step budgets.
+
+One command trains what it needs under ``--out`` and prints markdown tables:
+
+1. data: ``sns-generate``'s Lorenz-63 cpu preset (16/4/4 trajectories of 4000 frames every 0.05);
+2. per training seed, through ``sns-train`` (the ``lorenz63_cpu`` experiment, batch 256, budgets
+   in optimizer steps): a *good* residual-MLP surrogate (``--good-steps``), a *weak* one
+   (``--weak-steps``: the experiment's default budget, which collapses onto a fixed point), and
+   two blind MLP pair denoisers with the same budget (``--denoiser-steps``): the paper's cosine
+   schedule and a log-spaced sigma schedule (``log_sigma_schedule``, sigma 1e-3..80), S = 100;
+3. diagnostics on the valid split: each surrogate's one-step RMSE (normalised units) and the
+   level heads' readings of clean pairs and of surrogate proposals;
+4. rollouts of ``--steps`` steps from 8 initial conditions (frames 0 and 2000 of the ``--ic-split``
+   trajectories: ``valid`` while choosing, ``test`` for the table) of every method on each
+   surrogate, through :func:`sns.rollout.rollout` (blow-up guard 10x the data RMS);
+5. metrics in physical units against the train split: per-coordinate W1 of the invariant measure
+   (states after ``--burn`` steps, pooled over initial conditions), the autocorrelation error
+   (max over lags <= 40 frames), steps before blow-up, network calls per step.  The floor is the
+   ``--ic-split`` trajectories themselves (same length as the data, 4000 frames, not the rollout
+   length: the floor of a 10^4-step rollout is lower).
+
+Methods: the bare surrogate; the paper's recipe (cosine, estimated levels, unit-step path A);
+fixed levels on either schedule; and the log-sigma denoiser with estimated levels, strided path A
+(``n_moves`` per leg), "leave it" (``skip_threshold``) and coupled levels (``i1 = max(i1, i2)``),
+with each ingredient removed in turn.
+
+Run: ``python benchmarks/sns_regimes.py --seeds 0 1 2``.  Trained models are reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lorenz_baselines import compose
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def train_one(args, data_root: Path, name: str, task: str, seed: int, steps: int, extra: list[str]) -> Path:
+    """Train ``task`` for ``steps`` optimizer steps of batch 256 (reused when done); return the export."""
+    from sns.cli.train import train
+
+    run = args.out / "runs" / f"seed{seed}" / name
+    file = run / f"{task}.safetensors"
+    if file.exists():
+        return file
+    overrides = [f"experiment={args.system}_cpu", f"task={task}", f"paths.data_dir={data_root}",
+                 f"paths.run_dir={run}", f"paths.output_dir={run}", "torch_threads=1", f"seed={seed}",
+                 "trainer.max_epochs=100000", f"trainer.max_steps={steps}", "trainer.limit_train_batches=500",
+                 "data.batch_size=256", "trainer.limit_val_batches=2", "logger=csv", *extra]
+    if task == "denoiser":
+        overrides.append("model.denoiser.module.val_rollout_steps=0")
+    t0 = time.perf_counter()
+    train(compose("train", overrides))
+    print(f"trained seed {seed} {name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    return file
+
+
+def methods(sur, den_cos, sch_cos, den_log, sch_log, n_moves: int, k_log: tuple[int, int]) -> dict[str, object]:
+    """Every method on one surrogate (normalised units throughout); ``k_log``: the log-sigma
+    denoiser's calibrated leave-it thresholds (its heads' 90% reading of clean valid pairs)."""
+    from sns.baselines import GaussianApproximation
+    from sns.refine import SNSRefiner
+
+    log = {"denoiser": den_log, "schedule": sch_log, "surrogate": sur, "path": "A"}
+    out = {
+        "bare surrogate": GaussianApproximation(sur),
+        "paper: cosine, estimated, unit steps": SNSRefiner(den_cos, sch_cos, sur, path="A"),
+        "cosine, fixed (0,0)": SNSRefiner(den_cos, sch_cos, sur, path="A", fixed_levels=(0, 0)),
+    }
+    for i in (0, 20, 40, 60):
+        sigma = float(((1 - sch_log.abar[i]) / sch_log.abar[i]).sqrt())
+        out[f"log-sigma, fixed ({i},{i}) (sigma {sigma:.2g})"] = SNSRefiner(**log, fixed_levels=(i, i), n_moves=n_moves)
+    out["log-sigma, estimated, unit steps"] = SNSRefiner(**log)
+    out[f"log-sigma, estimated, n_moves {n_moves}"] = SNSRefiner(**log, n_moves=n_moves)
+    out[f"log-sigma, estimated, n_moves {n_moves}, leave-it"] = SNSRefiner(**log, n_moves=n_moves, skip_threshold=0)
+    out[f"log-sigma, estimated, n_moves {n_moves}, coupled"] = SNSRefiner(**log, n_moves=n_moves, couple_levels=True)
+    out[f"log-sigma, estimated, n_moves {n_moves}, coupled, leave-it"] = SNSRefiner(
+        **log, n_moves=n_moves, couple_levels=True, skip_threshold=0)
+    out[f"log-sigma, estimated, n_moves {n_moves}, calibrated leave-it"] = SNSRefiner(
+        **log, n_moves=n_moves, skip_threshold=k_log)
+    out[f"SNS: log-sigma, estimated, n_moves {n_moves}, coupled, calibrated leave-it"] = SNSRefiner(
+        **log, n_moves=n_moves, couple_levels=True, skip_threshold=k_log)
+    return out
+
+
+@torch.no_grad()
+def diagnostics(sur, den, sch, pairs: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+    """One-step RMSE of ``sur`` and the heads' median readings of clean pairs and of its proposals."""
+    from sns.refine import estimate_levels
+
+    xp, xn = pairs
+    prop = sur(xp)
+    rmse = float(((prop - xn) ** 2).mean().sqrt())
+    i2c, i1c = estimate_levels(den, xp, xn)
+    i2p, i1p = estimate_levels(den, xp, prop)
+    q = lambda v: float(v.double().median())
+    return {"rmse": rmse, "clean_i2": q(i2c), "clean_i1": q(i1c), "prop_i1": q(i1p), "prop_i2": q(i2p),
+            "prop_i1_p90": float(i1p.double().quantile(0.9))}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--system", default="lorenz63", choices=["lorenz63"])
+    p.add_argument("--out", type=Path, default=REPO / "outputs" / "bench-sns-regimes")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=10_000)
+    p.add_argument("--good-steps", type=int, default=4000)
+    p.add_argument("--weak-steps", type=int, default=1000)
+    p.add_argument("--denoiser-steps", type=int, default=4000)
+    p.add_argument("--sigma-min", type=float, default=1e-3)
+    p.add_argument("--n-moves", type=int, default=2)
+    p.add_argument("--ic-split", default="test", choices=["valid", "test"])
+    p.add_argument("--burn", type=int, default=100)
+    p.add_argument("--max-lag", type=int, default=40)
+    p.add_argument("--max-wall", type=float, default=900.0, help="safety cap per rollout (s); the budget is --steps")
+    p.add_argument("--only", nargs="*", help="substrings of the method names to run")
+    p.add_argument("--surrogates", nargs="*", default=["good", "weak"])
+    args = p.parse_args()
+    args.out = args.out / args.system
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+    from sns.data.generate import generate_dataset
+    from sns.data.io import open_dataset
+    from sns.export import load_model, load_schedule
+    from sns.metrics import autocorrelation, wasserstein1_per_coordinate
+    from sns.refine import calibrate_skip_threshold
+    from sns.rollout import rollout, state_rms
+
+    data_root = args.out / "data"
+    data_dir = data_root / f"{args.system}-cpu"
+    if not (data_dir / "test.zarr").exists():
+        generate_dataset(args.system, "cpu", out=data_dir, progress=None)
+    ics_ds, train_ds, valid_ds = (open_dataset(data_dir, s) for s in (args.ic_split, "train", "valid"))
+    var = next(iter(train_ds.data_vars))
+    offset = np.asarray(train_ds.attrs["norm_offset"], dtype=np.float64)
+    scale = np.asarray(train_ds.attrs["norm_scale"], dtype=np.float64)
+    tx = ics_ds[var].values
+    ref = train_ds[var].values.reshape(-1, tx.shape[-1])
+    norm = lambda a: torch.from_numpy(((a - offset) / scale).astype(np.float32))
+    x0 = norm(np.concatenate([tx[:, s] for s in (0, tx.shape[1] // 2)]))
+    vx = valid_ds[var].values
+    pairs = (norm(vx[:, :-1].reshape(-1, vx.shape[-1])), norm(vx[:, 1:].reshape(-1, vx.shape[-1])))
+    data_rms = float(state_rms(norm(ref)).mean())
+    dt = float(train_ds.attrs["dt"]) * int(train_ds.attrs.get("save_every", 1))
+
+    def acf(x):
+        return np.nanmean(autocorrelation(x, args.max_lag, time_axis=1), axis=-1)
+
+    acf_ref = acf(train_ds[var].values)
+    floor = np.asarray(wasserstein1_per_coordinate(tx[:, args.burn:].reshape(-1, tx.shape[-1]), ref))
+    floor_acf = float(np.max(np.abs(acf(tx) - acf_ref)))
+
+    results: dict[str, dict[str, list]] = {}
+    diag: dict[str, list] = {}
+    log_kw = f"diffusion.kwargs={{sigma_min:{args.sigma_min},sigma_max:80.0}}"
+    for seed in args.seeds:
+        files = {
+            "good": train_one(args, data_root, "surrogate_good", "surrogate", seed, args.good_steps, []),
+            "weak": train_one(args, data_root, "surrogate_weak", "surrogate", seed, args.weak_steps, []),
+            "cos": train_one(args, data_root, "denoiser_cosine", "denoiser", seed, args.denoiser_steps,
+                             ["diffusion=cosine"]),
+            "log": train_one(args, data_root, f"denoiser_log_sigma{args.sigma_min:g}", "denoiser", seed,
+                             args.denoiser_steps, ["diffusion=log_sigma", log_kw]),
+        }
+        (den_cos, xc), (den_log, xl) = load_model(files["cos"]), load_model(files["log"])
+        sch_cos, sch_log = load_schedule(xc), load_schedule(xl)
+        k_log = calibrate_skip_threshold(den_log, *pairs, quantile=0.9)
+        for which in args.surrogates:
+            sur, _ = load_model(files[which])
+            for name, den, sch in (("cosine", den_cos, sch_cos), ("log-sigma", den_log, sch_log)):
+                d = diagnostics(sur, den, sch, pairs)
+                d["k2"], d["k1"] = calibrate_skip_threshold(den, *pairs, quantile=0.9)
+                diag.setdefault(f"{which} / {name}", []).append(d)
+            for name, step in methods(sur, den_cos, sch_cos, den_log, sch_log, args.n_moves, k_log).items():
+                if args.only and not any(s in name for s in args.only):
+                    continue
+                t0 = time.perf_counter()
+                res = rollout(step, x0, args.steps, store=None, dt=dt, seed=seed, data_rms=data_rms,
+                              blowup_factor=10.0, max_wall_time=args.max_wall, progress=False)
+                states = res.states.double().numpy() * scale + offset  # (B, T, D) physical
+                stable = res.stop_step - 1 if res.stop_step is not None else res.steps_done
+                pooled = states[:, args.burn + 1:].reshape(-1, states.shape[-1])
+                pooled = pooled[np.isfinite(pooled).all(-1)]
+                ok = res.status == "completed"
+                w = np.asarray(wasserstein1_per_coordinate(pooled, ref)) if ok else np.full(3, np.nan)
+                aerr = float(np.max(np.abs(acf(states[:, args.burn + 1:]) - acf_ref))) if ok else float("nan")
+                r = results.setdefault(f"{which} | {name}", {"w1": [], "acf": [], "stable": [], "calls": [],
+                                                             "status": []})
+                r["w1"].append(w.tolist()), r["acf"].append(aerr), r["stable"].append(stable)
+                r["calls"].append(res.calls_mean), r["status"].append(res.status)
+                print(f"seed {seed} {which} | {name}: {res.status} {stable} steps, W1 {np.round(w, 3)}, "
+                      f"calls {res.calls_mean:.2f}, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        (args.out / f"results_{args.ic_split}.json").write_text(json.dumps({"results": results, "diag": diag}))
+
+    def ms(v, f="{:.2f}"):
+        v = np.asarray(v, dtype=np.float64)
+        return f.format(np.nanmean(v)) + " ± " + f.format(np.nanstd(v)) if len(v) > 1 else f.format(v[0])
+
+    print(f"\nLorenz-63, {args.steps} steps from {x0.shape[0]} {args.ic_split} initial conditions, seeds "
+          f"{args.seeds}; budgets (optimizer steps, batch 256): good surrogate {args.good_steps}, weak "
+          f"{args.weak_steps}, each denoiser {args.denoiser_steps}; log-sigma {args.sigma_min:g}..80, S = 100.")
+    print(f"floor ({args.ic_split} vs train, 4000-frame trajectories): W1 "
+          + " / ".join(f"{v:.2f}" for v in floor) + f", ACF err {floor_acf:.3f}\n")
+    print("| surrogate / denoiser | one-step RMSE | clean pair (i2, i1), median | clean pair 90% (k2, k1) "
+          "| proposal (i2, i1), median | proposal i1 90% |")
+    print("|---|---|---|---|---|---|")
+    for k, ds in diag.items():
+        g = lambda key: np.mean([d[key] for d in ds])
+        print(f"| {k} | {g('rmse'):.4f} | ({g('clean_i2'):.0f}, {g('clean_i1'):.0f}) | ({g('k2'):.0f}, {g('k1'):.0f}) "
+              f"| ({g('prop_i2'):.0f}, {g('prop_i1'):.0f}) | {g('prop_i1_p90'):.0f} |")
+    print("\n| surrogate | method | completed | stable steps (min) | calls/step | W1 x | W1 y | W1 z | ACF err |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for k, r in results.items():
+        which, name = k.split(" | ")
+        w = np.asarray(r["w1"], dtype=np.float64)
+        done = sum(s == "completed" for s in r["status"])
+        print(f"| {which} | {name} | {done}/{len(r['status'])} | {min(r['stable'])} | {ms(r['calls'])} | "
+              + " | ".join(ms(w[:, c]) for c in range(w.shape[1])) + f" | {ms(r['acf'], '{:.3f}')} |")
+
+
+if __name__ == "__main__":
+    main()
