@@ -26,7 +26,7 @@ def _installed(module: str) -> bool:
 
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_PATH) / "experiment").glob("*.yaml"))
-STATE = {"lorenz63": (3,), "lorenz96": (40,), "kolmogorov_cpu": (1, 32, 32), "kolmogorov_paper": (1, 64, 64),
+STATE = {"lorenz63": (3,), "lorenz96": (40,), "lorenz96_two_scale_cpu": (8,), "kolmogorov_cpu": (1, 32, 32), "kolmogorov_paper": (1, 64, 64),
          "qg_cpu": (2, 32, 32), "qg_paper": (2, 64, 64)}
 # Reduced sizes for the U-Nets (the paper models have 45-240M parameters).
 SHRINK_UNET = {"dim": 8, "dim_mults": "[1,2]", "n_blocks": 1}

@@ -87,6 +87,15 @@ SYSTEM_LAYOUT: dict[str, dict] = {
         "time_units": "MTU",
         "pooled_stats": True,  # statistically homogeneous: one mean/std for all coordinates
     },
+    "lorenz96_two_scale": {
+        "variable": "state",
+        "dims": (DIM,),
+        "units": "1",
+        "long_name": "two-scale Lorenz-96 slow variables X_k (the fast variables Y are not stored)",
+        "space_units": "1",
+        "time_units": "MTU",
+        "pooled_stats": True,  # cyclic symmetry: one mean/std for all slow coordinates
+    },
     "hodgkin_huxley": {
         "variable": "state",
         "dims": (DIM,),

@@ -17,6 +17,7 @@ SYSTEMS: dict[str, tuple[str, str, str]] = {
     "qg": ("sns.systems.qg", "TwoLayerQG", "PRESETS"),
     "lorenz63": ("sns.systems.lorenz", "Lorenz63", "PRESETS_LORENZ63"),
     "lorenz96": ("sns.systems.lorenz", "Lorenz96", "PRESETS_LORENZ96"),
+    "lorenz96_two_scale": ("sns.systems.lorenz96_two_scale", "Lorenz96TwoScale", "PRESETS_LORENZ96_TWO_SCALE"),
     "hodgkin_huxley": ("sns.systems.hodgkin_huxley", "HodgkinHuxley", "PRESETS_HODGKIN_HUXLEY"),
 }
 
