@@ -10,8 +10,8 @@ One command trains what it needs under ``--out`` and prints markdown tables:
    schedule and a log-spaced sigma schedule (``log_sigma_schedule``, sigma 1e-3..80), S = 100;
 3. diagnostics on the valid split: each surrogate's one-step RMSE (normalised units) and the
    level heads' readings of clean pairs and of surrogate proposals;
-4. rollouts of ``--steps`` steps from 8 initial conditions (frames 0 and 2000 of the ``--ic-split``
-   trajectories: ``valid`` while choosing, ``test`` for the table) of every method on each
+4. rollouts of ``--steps`` steps from 16 initial conditions (frames 0, 1000, 2000, 3000 of the
+   ``--ic-split`` trajectories: ``valid`` while choosing, ``test`` for the table) of every method on each
    surrogate, through :func:`sns.rollout.rollout` (blow-up guard 10x the data RMS);
 5. metrics in physical units against the train split: per-coordinate W1 of the invariant measure
    (states after ``--burn`` steps, pooled over initial conditions), the autocorrelation error
@@ -65,9 +65,12 @@ def train_one(args, data_root: Path, name: str, task: str, seed: int, steps: int
     return file
 
 
-def methods(sur, den_cos, sch_cos, den_log, sch_log, n_moves: int, k_log: tuple[int, int]) -> dict[str, object]:
+def methods(sur, den_cos, sch_cos, den_log, sch_log, n_moves: int, k_log: tuple[int, int],
+            rmse: float, full: bool = False) -> dict[str, object]:
     """Every method on one surrogate (normalised units throughout); ``k_log``: the log-sigma
-    denoiser's calibrated leave-it thresholds (its heads' 90% reading of clean valid pairs)."""
+    denoiser's calibrated leave-it thresholds (its heads' 90% reading of clean valid pairs);
+    ``rmse``: the surrogate's one-step RMSE on the valid split.  ``full`` adds the ablations
+    (unit steps on the log-sigma schedule, a fourth fixed level, skip at level 0, coupled levels)."""
     from sns.baselines import GaussianApproximation
     from sns.refine import SNSRefiner
 
@@ -77,19 +80,28 @@ def methods(sur, den_cos, sch_cos, den_log, sch_log, n_moves: int, k_log: tuple[
         "paper: cosine, estimated, unit steps": SNSRefiner(den_cos, sch_cos, sur, path="A"),
         "cosine, fixed (0,0)": SNSRefiner(den_cos, sch_cos, sur, path="A", fixed_levels=(0, 0)),
     }
-    for i in (0, 20, 40, 60):
-        sigma = float(((1 - sch_log.abar[i]) / sch_log.abar[i]).sqrt())
-        out[f"log-sigma, fixed ({i},{i}) (sigma {sigma:.2g})"] = SNSRefiner(**log, fixed_levels=(i, i), n_moves=n_moves)
-    out["log-sigma, estimated, unit steps"] = SNSRefiner(**log)
+    if full:  # the paper's QG recipe adds proposal noise; here sized to the surrogate's measured error
+        out["cosine, estimated, unit steps, proposal noise sqrt(2) RMSE"] = SNSRefiner(
+            den_cos, sch_cos, sur, path="A", proposal_sigma=2**0.5 * rmse)
+    for i in (0, 20, 40) + ((60,) if full else ()):  # one move per leg: 2 calls (from low levels a
+        sigma = float(((1 - sch_log.abar[i]) / sch_log.abar[i]).sqrt())  # stride loses < 0.5%, test_oracle)
+        out[f"log-sigma, fixed ({i},{i}) (sigma {sigma:.2g}), 1 move per leg"] = SNSRefiner(
+            **log, fixed_levels=(i, i), n_moves=1)
+    if full:
+        out["log-sigma, estimated, unit steps"] = SNSRefiner(**log)
     out[f"log-sigma, estimated, n_moves {n_moves}"] = SNSRefiner(**log, n_moves=n_moves)
-    out[f"log-sigma, estimated, n_moves {n_moves}, leave-it"] = SNSRefiner(**log, n_moves=n_moves, skip_threshold=0)
-    out[f"log-sigma, estimated, n_moves {n_moves}, coupled"] = SNSRefiner(**log, n_moves=n_moves, couple_levels=True)
-    out[f"log-sigma, estimated, n_moves {n_moves}, coupled, leave-it"] = SNSRefiner(
-        **log, n_moves=n_moves, couple_levels=True, skip_threshold=0)
     out[f"log-sigma, estimated, n_moves {n_moves}, calibrated leave-it"] = SNSRefiner(
         **log, n_moves=n_moves, skip_threshold=k_log)
-    out[f"SNS: log-sigma, estimated, n_moves {n_moves}, coupled, calibrated leave-it"] = SNSRefiner(
-        **log, n_moves=n_moves, couple_levels=True, skip_threshold=k_log)
+    if full:
+        out[f"log-sigma, estimated, n_moves {n_moves}, leave-it at 0"] = SNSRefiner(
+            **log, n_moves=n_moves, skip_threshold=0)
+        out[f"log-sigma, estimated, n_moves {n_moves}, coupled"] = SNSRefiner(**log, n_moves=n_moves, couple_levels=True)
+        out[f"log-sigma, estimated, n_moves {n_moves}, coupled, calibrated leave-it"] = SNSRefiner(
+            **log, n_moves=n_moves, couple_levels=True, skip_threshold=k_log)
+    # the proposal as a noised sample of the truth: N(F(x), sigma_p^2) with sigma_p^2 = 2 RMSE^2 is the
+    # law of x_t + sigma e for sigma ~ RMSE when F's error is ~ RMSE; the heads then read that level
+    out[f"log-sigma, estimated, n_moves {n_moves}, proposal noise sqrt(2) RMSE"] = SNSRefiner(
+        **log, n_moves=n_moves, proposal_sigma=2**0.5 * rmse)
     return out
 
 
@@ -110,7 +122,7 @@ def diagnostics(sur, den, sch, pairs: tuple[torch.Tensor, torch.Tensor]) -> dict
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--system", default="lorenz63", choices=["lorenz63"])
+    p.add_argument("--system", default="lorenz63", choices=["lorenz63", "lorenz96_two_scale"])
     p.add_argument("--out", type=Path, default=REPO / "outputs" / "bench-sns-regimes")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=10_000)
@@ -120,11 +132,15 @@ def main() -> None:
     p.add_argument("--sigma-min", type=float, default=1e-3)
     p.add_argument("--n-moves", type=int, default=2)
     p.add_argument("--ic-split", default="test", choices=["valid", "test"])
+    p.add_argument("--ics-per-traj", type=int, default=4, help="initial conditions per trajectory (evenly spaced)")
     p.add_argument("--burn", type=int, default=100)
     p.add_argument("--max-lag", type=int, default=40)
     p.add_argument("--max-wall", type=float, default=900.0, help="safety cap per rollout (s); the budget is --steps")
     p.add_argument("--only", nargs="*", help="substrings of the method names to run")
     p.add_argument("--surrogates", nargs="*", default=["good", "weak"])
+    p.add_argument("--all-methods", action="store_true", help="add the ablations (see methods())")
+    p.add_argument("--report", action="store_true", help="print the table of every seed stored so far")
+    p.add_argument("--seeds-only", action="store_true", help="with --report: run nothing, only report")
     args = p.parse_args()
     args.out = args.out / args.system
     torch.set_num_threads(1)
@@ -148,7 +164,7 @@ def main() -> None:
     tx = ics_ds[var].values
     ref = train_ds[var].values.reshape(-1, tx.shape[-1])
     norm = lambda a: torch.from_numpy(((a - offset) / scale).astype(np.float32))
-    x0 = norm(np.concatenate([tx[:, s] for s in (0, tx.shape[1] // 2)]))
+    x0 = norm(np.concatenate([tx[:, k * tx.shape[1] // args.ics_per_traj] for k in range(args.ics_per_traj)]))
     vx = valid_ds[var].values
     pairs = (norm(vx[:, :-1].reshape(-1, vx.shape[-1])), norm(vx[:, 1:].reshape(-1, vx.shape[-1])))
     data_rms = float(state_rms(norm(ref)).mean())
@@ -158,13 +174,25 @@ def main() -> None:
         return np.nanmean(autocorrelation(x, args.max_lag, time_axis=1), axis=-1)
 
     acf_ref = acf(train_ds[var].values)
+    D = tx.shape[-1]
+    ref_inc = np.diff(train_ds[var].values, axis=1).reshape(-1)
+
+    def w1_increments(x):  # W1 of the one-frame increments, pooled over coordinates (physical units)
+        from scipy.stats import wasserstein_distance
+
+        rng = np.random.default_rng(0)
+        inc = np.diff(x, axis=1).reshape(-1)
+        return float(wasserstein_distance(rng.choice(inc, min(len(inc), 200_000), replace=False),
+                                          rng.choice(ref_inc, min(len(ref_inc), 200_000), replace=False)))
+
     floor = np.asarray(wasserstein1_per_coordinate(tx[:, args.burn:].reshape(-1, tx.shape[-1]), ref))
     floor_acf = float(np.max(np.abs(acf(tx) - acf_ref)))
+    floor_inc = w1_increments(tx[:, args.burn:])
 
     results: dict[str, dict[str, list]] = {}
     diag: dict[str, list] = {}
     log_kw = f"diffusion.kwargs={{sigma_min:{args.sigma_min},sigma_max:80.0}}"
-    for seed in args.seeds:
+    for seed in ([] if args.seeds_only else args.seeds):
         files = {
             "good": train_one(args, data_root, "surrogate_good", "surrogate", seed, args.good_steps, []),
             "weak": train_one(args, data_root, "surrogate_weak", "surrogate", seed, args.weak_steps, []),
@@ -182,7 +210,9 @@ def main() -> None:
                 d = diagnostics(sur, den, sch, pairs)
                 d["k2"], d["k1"] = calibrate_skip_threshold(den, *pairs, quantile=0.9)
                 diag.setdefault(f"{which} / {name}", []).append(d)
-            for name, step in methods(sur, den_cos, sch_cos, den_log, sch_log, args.n_moves, k_log).items():
+            rmse = diag[f"{which} / cosine"][-1]["rmse"]
+            for name, step in methods(sur, den_cos, sch_cos, den_log, sch_log, args.n_moves, k_log, rmse,
+                                      args.all_methods).items():
                 if args.only and not any(s in name for s in args.only):
                     continue
                 t0 = time.perf_counter()
@@ -193,40 +223,59 @@ def main() -> None:
                 pooled = states[:, args.burn + 1:].reshape(-1, states.shape[-1])
                 pooled = pooled[np.isfinite(pooled).all(-1)]
                 ok = res.status == "completed"
-                w = np.asarray(wasserstein1_per_coordinate(pooled, ref)) if ok else np.full(3, np.nan)
+                w = np.asarray(wasserstein1_per_coordinate(pooled, ref)) if ok else np.full(D, np.nan)
                 aerr = float(np.max(np.abs(acf(states[:, args.burn + 1:]) - acf_ref))) if ok else float("nan")
+                inc = w1_increments(states[:, args.burn + 1:]) if ok else float("nan")
                 r = results.setdefault(f"{which} | {name}", {"w1": [], "acf": [], "stable": [], "calls": [],
-                                                             "status": []})
-                r["w1"].append(w.tolist()), r["acf"].append(aerr), r["stable"].append(stable)
+                                                             "status": [], "inc": []})
+                r["w1"].append(w.tolist()), r["acf"].append(aerr), r["stable"].append(stable), r["inc"].append(inc)
                 r["calls"].append(res.calls_mean), r["status"].append(res.status)
                 print(f"seed {seed} {which} | {name}: {res.status} {stable} steps, W1 {np.round(w, 3)}, "
                       f"calls {res.calls_mean:.2f}, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-        (args.out / f"results_{args.ic_split}.json").write_text(json.dumps({"results": results, "diag": diag}))
+        seed_file = args.out / f"results_{args.ic_split}_{args.steps}_seed{seed}.json"
+        seed_file.write_text(json.dumps({"results": {k: {f: v[-1:] for f, v in r.items()} for k, r in results.items()},
+                                         "diag": {k: v[-1:] for k, v in diag.items()}}))
+    if args.report:  # every seed run so far for this split and length (seeds may run in separate processes)
+        results, diag, seeds = {}, {}, []
+        for f in sorted(args.out.glob(f"results_{args.ic_split}_{args.steps}_seed*.json")):
+            seeds.append(int(f.stem.rsplit("seed", 1)[1]))
+            d = json.loads(f.read_text())
+            for k, r in d["results"].items():
+                acc = results.setdefault(k, {})
+                for field, v in r.items():
+                    acc.setdefault(field, []).extend(v)
+            for k, v in d["diag"].items():
+                diag.setdefault(k, []).extend(v)
+        args.seeds = seeds
 
     def ms(v, f="{:.2f}"):
         v = np.asarray(v, dtype=np.float64)
         return f.format(np.nanmean(v)) + " ± " + f.format(np.nanstd(v)) if len(v) > 1 else f.format(v[0])
 
-    print(f"\nLorenz-63, {args.steps} steps from {x0.shape[0]} {args.ic_split} initial conditions, seeds "
+    print(f"\n{args.system}, {args.steps} steps from {x0.shape[0]} {args.ic_split} initial conditions, seeds "
           f"{args.seeds}; budgets (optimizer steps, batch 256): good surrogate {args.good_steps}, weak "
           f"{args.weak_steps}, each denoiser {args.denoiser_steps}; log-sigma {args.sigma_min:g}..80, S = 100.")
-    print(f"floor ({args.ic_split} vs train, 4000-frame trajectories): W1 "
-          + " / ".join(f"{v:.2f}" for v in floor) + f", ACF err {floor_acf:.3f}\n")
+    fv = (" / ".join(f"{v:.3f}" for v in floor) if D <= 3 else f"mean {floor.mean():.3f}, max {floor.max():.3f}")
+    print(f"floor ({args.ic_split} vs train, {tx.shape[1]}-frame trajectories): W1 {fv}, increment W1 "
+          f"{floor_inc:.4f}, ACF err {floor_acf:.3f}\n")
     print("| surrogate / denoiser | one-step RMSE | clean pair (i2, i1), median | clean pair 90% (k2, k1) "
           "| proposal (i2, i1), median | proposal i1 90% |")
     print("|---|---|---|---|---|---|")
     for k, ds in diag.items():
-        g = lambda key: np.mean([d[key] for d in ds])
+        g = lambda key, ds=ds: np.mean([d[key] for d in ds])  # noqa: E731
         print(f"| {k} | {g('rmse'):.4f} | ({g('clean_i2'):.0f}, {g('clean_i1'):.0f}) | ({g('k2'):.0f}, {g('k1'):.0f}) "
               f"| ({g('prop_i2'):.0f}, {g('prop_i1'):.0f}) | {g('prop_i1_p90'):.0f} |")
-    print("\n| surrogate | method | completed | stable steps (min) | calls/step | W1 x | W1 y | W1 z | ACF err |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    cols = ["W1 x", "W1 y", "W1 z"] if D == 3 else ["W1 mean over k", "W1 max over k"]
+    print("\n| surrogate | method | completed | stable steps (min) | calls/step | " + " | ".join(cols)
+          + " | increment W1 | ACF err |")
+    print("|---" * (7 + len(cols)) + "|")
     for k, r in results.items():
         which, name = k.split(" | ")
         w = np.asarray(r["w1"], dtype=np.float64)
         done = sum(s == "completed" for s in r["status"])
+        ws = [w[:, c] for c in range(D)] if D == 3 else [w.mean(1), w.max(1)]
         print(f"| {which} | {name} | {done}/{len(r['status'])} | {min(r['stable'])} | {ms(r['calls'])} | "
-              + " | ".join(ms(w[:, c]) for c in range(w.shape[1])) + f" | {ms(r['acf'], '{:.3f}')} |")
+              + " | ".join(ms(v, "{:.3f}") for v in ws) + f" | {ms(r['inc'], '{:.4f}')} | {ms(r['acf'], '{:.3f}')} |")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from sns.diffusion.paths import PATHS, Path, make_path, traverse
 from sns.diffusion.schedules import Schedule
 from sns.nets.base import PairDenoiser
 
-__all__ = ["SNSRefiner", "calibrate_skip_threshold", "estimate_levels"]
+__all__ = ["SNSRefiner", "calibrate_proposal_sigma", "calibrate_skip_threshold", "estimate_levels"]
 
 PathFn = Callable[[Tensor, Tensor, int], Path]  #: (s1, s2, S) start coordinates -> Path
 
@@ -73,6 +73,30 @@ def calibrate_skip_threshold(denoiser: PairDenoiser, x_prev: Tensor, x_next: Ten
     return int(i2.quantile(quantile).floor()), int(i1.quantile(quantile).floor())
 
 
+@torch.no_grad()
+def calibrate_proposal_sigma(surrogate: nn.Module | Callable[[Tensor], Tensor], x_prev: Tensor, x_next: Tensor,
+                             factor: float = 2**0.5, batch: int = 8192) -> float:
+    """Proposal noise sized to the surrogate's error: ``factor`` x its one-step RMSE on the given
+    pairs (normalised units, e.g. the valid split; the surrogate must map normalised states).
+
+    Why ``sqrt(2)``: if the truth is ``x_t = F(x_{t-1}) + r`` with an error ``r`` of variance ``d^2``
+    (a deterministic surrogate's error, or the spread of an uncertain next state around the
+    conditional mean that ``F`` predicts), the proposal ``F(x_{t-1}) + sigma_p z`` with
+    ``sigma_p^2 = 2 d^2`` has the law of ``x_t + sigma e`` at ``sigma = d`` (Gaussian case): a
+    sample of the truth noised at the level of the surrogate's error, which is what the level
+    heads were trained to read and the reverse process to undo.  Without it, a surrogate that
+    predicts the conditional mean offers the most *central* point, which a noise-level head reads
+    as clean, so estimated levels never engage (benchmarks/RESULTS.md, issue 14).
+    """
+    if not factor > 0:
+        raise ValueError(f"factor must be positive, got {factor!r}")
+    if x_prev.shape != x_next.shape or x_prev.shape[0] < 1:
+        raise ValueError(f"need non-empty pairs of equal shape, got {tuple(x_prev.shape)} and {tuple(x_next.shape)}")
+    sq = sum(float(((surrogate(x_prev[k:k + batch]) - x_next[k:k + batch]).double() ** 2).sum())
+             for k in range(0, len(x_prev), batch))
+    return factor * (sq / x_next.numel()) ** 0.5
+
+
 class SNSRefiner(nn.Module):
     """A refined stepper ``x_{n-1} -> x_n`` wrapping any surrogate with a pair denoiser.
 
@@ -83,7 +107,8 @@ class SNSRefiner(nn.Module):
             shape); ``None`` generates ``x_t`` from pure noise (standalone SNS).
         path: ``"A"`` (default), ``"B"``, ``"C"``, ``"fix_s2"``, or a function
             ``(s1, s2, S) -> Path`` of the start coordinates; it must end with ``s1 = 0``.
-        proposal_sigma: std of Gaussian noise added to the proposal (normalised units).
+        proposal_sigma: std of Gaussian noise added to the proposal (normalised units); see
+            :func:`calibrate_proposal_sigma` for the size that makes estimated levels engage.
         skip_threshold: keep the proposal where both estimated levels are ``<= k`` (the QG
             reference run uses 5), or ``i2 <= k2`` and ``i1 <= k1`` for a pair ``(k2, k1)`` (e.g.
             from :func:`calibrate_skip_threshold`); ``None`` refines always.

@@ -130,3 +130,24 @@ def test_refiner_option_errors():
     with pytest.raises(ValueError, match="eta must lie in"):
         SNSRefiner(orc, sch, lambda u: u, eta=-0.1)
     assert math.isnan(SNSRefiner(orc, sch, lambda u: u).calls_per_step)
+
+
+def test_calibrate_proposal_sigma_and_skip_threshold():
+    from sns.refine import calibrate_proposal_sigma, calibrate_skip_threshold
+
+    g = torch.Generator().manual_seed(0)
+    xp = torch.randn(4000, 1, generator=g)
+    xn = xp + 1 + 0.05 * torch.randn(4000, 1, generator=g)  # the toy process of ShiftOracle
+    sig = calibrate_proposal_sigma(lambda u: u + 1, xp, xn, batch=1000)  # the conditional-mean surrogate
+    assert sig == pytest.approx(2**0.5 * 0.05, rel=0.05)
+    assert calibrate_proposal_sigma(lambda u: u + 1, xp, xn, factor=1.0) == pytest.approx(0.05, rel=0.05)
+    # the toy heads read clean pairs by their distance to the manifold: x_{t-1} = 0 exactly is the
+    # bottom level; x_t is read at the level of its 0.05 spread
+    sch = log_sigma_schedule(40, sigma_min=1e-3, sigma_max=10.0)
+    k2, k1 = calibrate_skip_threshold(ShiftOracle(sch), torch.zeros(500, 1), 1 + 0.05 * torch.randn(500, 1, generator=g))
+    sigma = ((1 - sch.abar) / sch.abar).sqrt()
+    assert k2 == 0 and 0.05 < float(sigma[k1]) < 0.2
+    with pytest.raises(ValueError, match="factor must be positive"):
+        calibrate_proposal_sigma(lambda u: u, xp, xn, factor=0.0)
+    with pytest.raises(ValueError, match="quantile must lie in"):
+        calibrate_skip_threshold(ShiftOracle(sch), xp, xn, quantile=0.0)
