@@ -66,10 +66,10 @@ def train_one(args, data_root: Path, name: str, task: str, seed: int, steps: int
 
 
 def methods(sur, den_cos, sch_cos, den_log, sch_log, n_moves: int, k_log: tuple[int, int],
-            rmse: float, full: bool = False) -> dict[str, object]:
+            sigma_p: float, full: bool = False) -> dict[str, object]:
     """Every method on one surrogate (normalised units throughout); ``k_log``: the log-sigma
     denoiser's calibrated leave-it thresholds (its heads' 90% reading of clean valid pairs);
-    ``rmse``: the surrogate's one-step RMSE on the valid split.  ``full`` adds the ablations
+    ``sigma_p``: sqrt(2) x the surrogate's one-step RMSE on the valid split (``calibrate_proposal_sigma``).  ``full`` adds the ablations
     (unit steps on the log-sigma schedule, a fourth fixed level, skip at level 0, coupled levels)."""
     from sns.baselines import GaussianApproximation
     from sns.refine import SNSRefiner
@@ -82,7 +82,7 @@ def methods(sur, den_cos, sch_cos, den_log, sch_log, n_moves: int, k_log: tuple[
     }
     if full:  # the paper's QG recipe adds proposal noise; here sized to the surrogate's measured error
         out["cosine, estimated, unit steps, proposal noise sqrt(2) RMSE"] = SNSRefiner(
-            den_cos, sch_cos, sur, path="A", proposal_sigma=2**0.5 * rmse)
+            den_cos, sch_cos, sur, path="A", proposal_sigma=sigma_p)
     for i in (0, 20, 40) + ((60,) if full else ()):  # one move per leg: 2 calls (from low levels a
         sigma = float(((1 - sch_log.abar[i]) / sch_log.abar[i]).sqrt())  # stride loses < 0.5%, test_oracle)
         out[f"log-sigma, fixed ({i},{i}) (sigma {sigma:.2g}), 1 move per leg"] = SNSRefiner(
@@ -101,7 +101,7 @@ def methods(sur, den_cos, sch_cos, den_log, sch_log, n_moves: int, k_log: tuple[
     # the proposal as a noised sample of the truth: N(F(x), sigma_p^2) with sigma_p^2 = 2 RMSE^2 is the
     # law of x_t + sigma e for sigma ~ RMSE when F's error is ~ RMSE; the heads then read that level
     out[f"log-sigma, estimated, n_moves {n_moves}, proposal noise sqrt(2) RMSE"] = SNSRefiner(
-        **log, n_moves=n_moves, proposal_sigma=2**0.5 * rmse)
+        **log, n_moves=n_moves, proposal_sigma=sigma_p)
     return out
 
 
@@ -150,7 +150,7 @@ def main() -> None:
     from sns.data.io import open_dataset
     from sns.export import load_model, load_schedule
     from sns.metrics import autocorrelation, wasserstein1_per_coordinate
-    from sns.refine import calibrate_skip_threshold
+    from sns.refine import calibrate_proposal_sigma, calibrate_skip_threshold
     from sns.rollout import rollout, state_rms
 
     data_root = args.out / "data"
@@ -210,8 +210,8 @@ def main() -> None:
                 d = diagnostics(sur, den, sch, pairs)
                 d["k2"], d["k1"] = calibrate_skip_threshold(den, *pairs, quantile=0.9)
                 diag.setdefault(f"{which} / {name}", []).append(d)
-            rmse = diag[f"{which} / cosine"][-1]["rmse"]
-            for name, step in methods(sur, den_cos, sch_cos, den_log, sch_log, args.n_moves, k_log, rmse,
+            sigma_p = calibrate_proposal_sigma(sur, *pairs)
+            for name, step in methods(sur, den_cos, sch_cos, den_log, sch_log, args.n_moves, k_log, sigma_p,
                                       args.all_methods).items():
                 if args.only and not any(s in name for s in args.only):
                     continue
@@ -262,7 +262,7 @@ def main() -> None:
           "| proposal (i2, i1), median | proposal i1 90% |")
     print("|---|---|---|---|---|---|")
     for k, ds in diag.items():
-        g = lambda key, ds=ds: np.mean([d[key] for d in ds])  # noqa: E731
+        g = lambda key, ds=ds: np.mean([d[key] for d in ds])
         print(f"| {k} | {g('rmse'):.4f} | ({g('clean_i2'):.0f}, {g('clean_i1'):.0f}) | ({g('k2'):.0f}, {g('k1'):.0f}) "
               f"| ({g('prop_i2'):.0f}, {g('prop_i1'):.0f}) | {g('prop_i1_p90'):.0f} |")
     cols = ["W1 x", "W1 y", "W1 z"] if D == 3 else ["W1 mean over k", "W1 max over k"]
