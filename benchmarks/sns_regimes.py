@@ -201,6 +201,8 @@ def main() -> None:
             "log": train_one(args, data_root, f"denoiser_log_sigma{args.sigma_min:g}", "denoiser", seed,
                              args.denoiser_steps, ["diffusion=log_sigma", log_kw]),
         }
+        seed_file = args.out / f"results_{args.ic_split}_{args.steps}_seed{seed}.json"
+        seed_results = json.loads(seed_file.read_text())["results"] if seed_file.exists() else {}
         (den_cos, xc), (den_log, xl) = load_model(files["cos"]), load_model(files["log"])
         sch_cos, sch_log = load_schedule(xc), load_schedule(xl)
         k_log = calibrate_skip_threshold(den_log, *pairs, quantile=0.9)
@@ -214,6 +216,11 @@ def main() -> None:
             for name, step in methods(sur, den_cos, sch_cos, den_log, sch_log, args.n_moves, k_log, sigma_p,
                                       args.all_methods).items():
                 if args.only and not any(s in name for s in args.only):
+                    continue
+                if f"{which} | {name}" in seed_results:  # done by an earlier (interrupted) run of this seed
+                    r = results.setdefault(f"{which} | {name}", {f: [] for f in seed_results[f"{which} | {name}"]})
+                    for f, v in seed_results[f"{which} | {name}"].items():
+                        r[f].extend(v)
                     continue
                 t0 = time.perf_counter()
                 res = rollout(step, x0, args.steps, store=None, dt=dt, seed=seed, data_rms=data_rms,
@@ -232,9 +239,9 @@ def main() -> None:
                 r["calls"].append(res.calls_mean), r["status"].append(res.status)
                 print(f"seed {seed} {which} | {name}: {res.status} {stable} steps, W1 {np.round(w, 3)}, "
                       f"calls {res.calls_mean:.2f}, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-        seed_file = args.out / f"results_{args.ic_split}_{args.steps}_seed{seed}.json"
-        seed_file.write_text(json.dumps({"results": {k: {f: v[-1:] for f, v in r.items()} for k, r in results.items()},
-                                         "diag": {k: v[-1:] for k, v in diag.items()}}))
+                seed_results[f"{which} | {name}"] = {f: v[-1:] for f, v in r.items()}
+                seed_file.write_text(json.dumps({"results": seed_results,  # after every rollout
+                                                 "diag": {k: v[-1:] for k, v in diag.items()}}))
     if args.report:  # every seed run so far for this split and length (seeds may run in separate processes)
         results, diag, seeds = {}, {}, []
         for f in sorted(args.out.glob(f"results_{args.ic_split}_{args.steps}_seed*.json")):
