@@ -1,30 +1,36 @@
-"""Does SNS earn its name?  Do-no-harm and rescue on Lorenz-63, several seeds, fixed step budgets.
+"""Does SNS earn its name?  Do-no-harm, rescue and the uncertain regime, several seeds, step budgets.
 
-One command trains what it needs under ``--out`` and prints markdown tables:
+One command per system and seed trains what it needs under ``--out`` and prints markdown tables
+(``--report --seeds-only`` prints every seed stored so far; results are saved after every rollout,
+so an interrupted run resumes at the next row):
 
-1. data: ``sns-generate``'s Lorenz-63 cpu preset (16/4/4 trajectories of 4000 frames every 0.05);
-2. per training seed, through ``sns-train`` (the ``lorenz63_cpu`` experiment, batch 256, budgets
-   in optimizer steps): a *good* residual-MLP surrogate (``--good-steps``), a *weak* one
-   (``--weak-steps``: the experiment's default budget, which collapses onto a fixed point), and
-   two blind MLP pair denoisers with the same budget (``--denoiser-steps``): the paper's cosine
-   schedule and a log-spaced sigma schedule (``log_sigma_schedule``, sigma 1e-3..80), S = 100;
+1. data: ``sns-generate``'s cpu preset of ``--system``: Lorenz-63 (16/4/4 trajectories of 4000
+   frames every 0.05) or two-scale Lorenz-96 observed through its 8 slow variables (the uncertain
+   regime c 10, h 2, F 20; 16/4/4 x 2000 frames);
+2. per training seed, through ``sns-train`` (the ``<system>_cpu`` experiment, batch 256, budgets in
+   optimizer steps): a *good* residual-MLP surrogate (``--good-steps``), a *weak* one
+   (``--weak-steps``: on Lorenz-63 the experiment's default budget, which collapses onto a fixed
+   point), and two blind MLP pair denoisers with the same budget (``--denoiser-steps``): the
+   paper's cosine schedule and a log-spaced sigma schedule (``log_sigma_schedule``, sigma 1e-3..80),
+   S = 100;
 3. diagnostics on the valid split: each surrogate's one-step RMSE (normalised units) and the
    level heads' readings of clean pairs and of surrogate proposals;
-4. rollouts of ``--steps`` steps from 16 initial conditions (frames 0, 1000, 2000, 3000 of the
-   ``--ic-split`` trajectories: ``valid`` while choosing, ``test`` for the table) of every method on each
-   surrogate, through :func:`sns.rollout.rollout` (blow-up guard 10x the data RMS);
+4. rollouts of ``--steps`` steps from ``4 x (test trajectories)`` initial conditions (evenly spaced
+   frames of the ``--ic-split`` trajectories: ``valid`` while choosing, ``test`` for the table)
+   of every method on each surrogate, through :func:`sns.rollout.rollout` (blow-up guard 10x
+   the data RMS; ``--max-wall`` is a safety cap only);
 5. metrics in physical units against the train split: per-coordinate W1 of the invariant measure
-   (states after ``--burn`` steps, pooled over initial conditions), the autocorrelation error
-   (max over lags <= 40 frames), steps before blow-up, network calls per step.  The floor is the
-   ``--ic-split`` trajectories themselves (same length as the data, 4000 frames, not the rollout
-   length: the floor of a 10^4-step rollout is lower).
+   (states after ``--burn`` steps, pooled over initial conditions), W1 of the one-frame increments,
+   the autocorrelation error (max over lags <= 40 frames), steps before blow-up, network calls per
+   step.  The floor is the ``--ic-split`` trajectories themselves (data length, not rollout length).
 
 Methods: the bare surrogate; the paper's recipe (cosine, estimated levels, unit-step path A);
-fixed levels on either schedule; and the log-sigma denoiser with estimated levels, strided path A
-(``n_moves`` per leg), "leave it" (``skip_threshold``) and coupled levels (``i1 = max(i1, i2)``),
-with each ingredient removed in turn.
+fixed levels on either schedule; and the log-sigma denoiser with estimated levels and strided
+path A (``n_moves`` per leg), alone, with calibrated "leave it" (``calibrate_skip_threshold``) and
+with proposal noise sized to the surrogate's error (``calibrate_proposal_sigma``);
+``--all-methods`` adds the ablations (unit steps, skip at level 0, coupled levels, ...).
 
-Run: ``python benchmarks/sns_regimes.py --seeds 0 1 2``.  Trained models are reused.
+Run: ``python benchmarks/sns_regimes.py --seeds 0 1 2`` (``--system lorenz96_two_scale``).
 """
 
 from __future__ import annotations
