@@ -116,10 +116,10 @@ def test_rk4_order_against_dop853():
 
 def test_presets_and_validation():
     cpu, paper = get_preset("lorenz96_two_scale", "cpu"), get_preset("lorenz96_two_scale", "paper")
-    for pre in (cpu, paper):
+    for pre, h in ((cpu, 2.0), (paper, 2.0)):  # the measured uncertain regime (strong coupling)
         assert pre.system["dt"] * pre.save_every == pytest.approx(0.05)
         assert (pre.system["K"], pre.system["J"], pre.system["F"], pre.system["b"], pre.system["c"],
-                pre.system["h"]) == (8, 32, 20.0, 10.0, 10.0, 1.0)
+                pre.system["h"]) == (8, 32, 20.0, 10.0, 10.0, h)
     sys = make_system("lorenz96_two_scale", c=4.0, h=2.0, F=18.0)
     assert sys.params == {"K": 8, "J": 32, "F": 18.0, "b": 10.0, "c": 4.0, "h": 2.0, "dt": 0.001}
     assert sys.dim == 8 + 256 and sys.observe(sys.initial_condition(3)).shape == (3, 8)
