@@ -103,6 +103,23 @@ def test_train_export_and_rollout(data_root, tmp_path):
     assert strided.attrs["refiner"]["n_moves"] == 2 and strided.attrs["refiner"]["skip_threshold"] == [1, 2]
     calls = strided["calls"].values[:, 1:]
     assert calls.size and (calls >= 1).all() and (calls <= 1 + 2 * 2).all()  # estimation + <= 2 moves per leg
+    # proposal noise from the valid split: sqrt(2) x the surrogate's one-step RMSE there
+    run_rollout(compose("rollout", [f"surrogate={tmp_path}/sur/surrogate.safetensors",
+                                    f"denoiser={tmp_path}/den/denoiser.safetensors", f"data_dir={data}",
+                                    "n_steps=2", "trajectories=2", "refiner.proposal_sigma=auto", "refiner.n_moves=1",
+                                    "refiner.clamp=3.0", f"out={tmp_path}/auto.zarr"]))
+    r = open_rollout(tmp_path / "auto.zarr").attrs["refiner"]
+    from sns.data.windows import WindowDataset
+    from sns.refine import calibrate_proposal_sigma
+
+    ds = WindowDataset(f"{data}/valid.zarr", history=1, horizon=1, stride=1)
+    w = torch.stack([ds[i] for i in range(len(ds))])
+    assert r["proposal_sigma_auto"] and r["proposal_sigma"] == pytest.approx(calibrate_proposal_sigma(sur, w[:, 0], w[:, 1]),
+                                                                             rel=0.05)
+    with pytest.raises(ValueError, match="must be a number or 'auto'"):
+        run_rollout(compose("rollout", [f"surrogate={tmp_path}/sur/surrogate.safetensors",
+                                        f"denoiser={tmp_path}/den/denoiser.safetensors", f"data_dir={data}",
+                                        "refiner.proposal_sigma=big", f"out={tmp_path}/bad.zarr"]))
 
 
 def test_multirun_two_jobs(data_root, tmp_path):

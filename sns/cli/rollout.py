@@ -81,6 +81,11 @@ def build_stepper(cfg: DictConfig, data_attrs: dict[str, Any], device: Any) -> t
         fixed = tuple(int(v) for v in r["fixed_levels"]) if r.get("fixed_levels") is not None else None
         skip = r.get("skip_threshold")
         skip = tuple(int(v) for v in skip) if isinstance(skip, (list, tuple)) else skip
+        if isinstance(r["proposal_sigma"], str):
+            if r["proposal_sigma"] != "auto":
+                raise ValueError(f"refiner.proposal_sigma must be a number or 'auto', got {r['proposal_sigma']!r}")
+            r["proposal_sigma"] = _auto_proposal_sigma(Path(cfg.data_dir) / "valid.zarr", surrogate, device)
+            r["proposal_sigma_auto"] = True  # sqrt(2) x the surrogate's one-step RMSE on the valid split
         step: Any = SNSRefiner(model, load_schedule(d_extra), surrogate=surrogate, path=r["path"],
                                proposal_sigma=float(r["proposal_sigma"]), skip_threshold=skip,
                                fixed_levels=fixed, clamp=r.get("clamp"), n_moves=r.get("n_moves"),
@@ -101,6 +106,22 @@ def build_stepper(cfg: DictConfig, data_attrs: dict[str, Any], device: Any) -> t
         step = PDERefiner(model, int(p.get("n_refinement_steps", 3)), float(p.get("min_noise_std", 4e-7)))
         attrs["pde_refiner"] = p
     return step.to(device), attrs
+
+
+def _auto_proposal_sigma(valid: Path, surrogate: Any, device: Any, max_pairs: int = 4096) -> float:
+    """:func:`sns.refine.calibrate_proposal_sigma` on up to ``max_pairs`` consecutive pairs of the
+    data set's valid split (evenly spread, normalised like the training data)."""
+    import torch
+
+    from sns.data.io import check_store
+    from sns.data.windows import WindowDataset
+    from sns.refine import calibrate_proposal_sigma
+
+    check_store(valid)
+    ds = WindowDataset(valid, history=1, horizon=1, stride=1)
+    idx = torch.linspace(0, len(ds) - 1, min(len(ds), max_pairs)).long().unique()
+    w = torch.stack([ds[int(i)] for i in idx]).to(device)  # (N, 2, *state)
+    return calibrate_proposal_sigma(surrogate, w[:, 0], w[:, 1])
 
 
 def run_rollout(cfg: DictConfig) -> Any:
