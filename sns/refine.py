@@ -111,7 +111,8 @@ class SNSRefiner(nn.Module):
             :func:`calibrate_proposal_sigma` for the size that makes estimated levels engage.
         skip_threshold: keep the proposal where both estimated levels are ``<= k`` (the QG
             reference run uses 5), or ``i2 <= k2`` and ``i1 <= k1`` for a pair ``(k2, k1)`` (e.g.
-            from :func:`calibrate_skip_threshold`); ``None`` refines always.
+            from :func:`calibrate_skip_threshold`); ``None`` refines always.  A skipped sample keeps
+            the proposal *with* its proposal noise, so combine the two with care.
         fixed_levels: force the table levels ``(i2, i1)`` for every sample instead of
             estimating them (``(0, 0)``: minimal refinement, best on Lorenz-63 in the
             CPU study); saves the estimation call.
