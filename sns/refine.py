@@ -132,9 +132,11 @@ class SNSRefiner(nn.Module):
             The proposal was computed from the *unrefined* ``x_{t-1}``, so if the ``s2`` head reads
             ``x_{t-1}`` off the data manifold at level ``i2``, ``x_t`` inherits (at least) that
             error even when the pair is locally consistent and the ``s1`` head reads it as clean;
-            path A then cleans ``x_{t-1}`` and regenerates ``x_t`` from level ``i2`` given it.
-            This is what lets a slow drift of the *state* (each step locally consistent)
-            trigger refinement.
+            path A then cleans ``x_{t-1}`` and regenerates ``x_t`` from level ``i2`` given it, so
+            a slow drift of the *state* (each step locally consistent) can trigger refinement
+            -- if the ``s2`` head sees the drift.  Measured on Lorenz-63 it did not (the head
+            measures distance to the data's support, and the collapsing states stay near it),
+            and coupling made rollouts worse (benchmarks/RESULTS.md, issue 14).
 
     Attributes after each call: ``last_levels`` (``(i2, i1)``, each ``(B,)``),
     ``last_calls`` (``(B,)`` denoiser calls per sample), ``last_refined`` (``(B,)`` bool);
