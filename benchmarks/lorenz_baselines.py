@@ -53,6 +53,20 @@ def compose(config: str, overrides: list[str]):
         return hydra_compose(config_name=config, overrides=overrides)
 
 
+def cpu_data(out: Path, system: str) -> tuple[Path, Path]:
+    """``(data_root, data_dir)``: the ``cpu`` preset of ``system`` under ``out/data``, generated
+    when its test split is missing (one thread: the benchmarks run beside each other)."""
+    from sns.data.generate import generate_dataset
+
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    data_root = out / "data"
+    data_dir = data_root / f"{system}-cpu"
+    if not (data_dir / "test.zarr").exists():
+        generate_dataset(system, "cpu", out=data_dir, progress=None)
+    return data_root, data_dir
+
+
 def train_all(args, data_root: Path, budget: list[str] | None = None, extra: list[str] | None = None) -> dict[str, dict]:
     """Train every task of ``TASKS`` with the same budget (``budget``: trainer overrides; default
     ``--train-steps`` optimizer steps of batch 256); reuse finished runs."""
@@ -141,17 +155,10 @@ def main() -> None:
     p.add_argument("--only", nargs="*", help="substrings of the method names to run")
     args = p.parse_args()
     args.out = args.out / args.system
-    torch.set_num_threads(1)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-    from sns.data.generate import generate_dataset
     from sns.data.io import open_dataset
     from sns.rollout import open_rollout, rollout, state_rms
 
-    data_root = args.out / "data"
-    data_dir = data_root / f"{args.system}-cpu"
-    if not (data_dir / "test.zarr").exists():
-        generate_dataset(args.system, "cpu", out=data_dir, progress=None)
+    data_root, data_dir = cpu_data(args.out, args.system)
     train_info = train_all(args, data_root)
 
     test, train_ds = open_dataset(data_dir, "test"), open_dataset(data_dir, "train")

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -46,7 +45,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lorenz_baselines import compose
+from lorenz_baselines import compose, cpu_data  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -149,20 +148,13 @@ def main() -> None:
     p.add_argument("--seeds-only", action="store_true", help="with --report: run nothing, only report")
     args = p.parse_args()
     args.out = args.out / args.system
-    torch.set_num_threads(1)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-    from sns.data.generate import generate_dataset
     from sns.data.io import open_dataset
     from sns.export import load_model, load_schedule
     from sns.metrics import autocorrelation, wasserstein1_per_coordinate
     from sns.refine import calibrate_proposal_sigma, calibrate_skip_threshold
     from sns.rollout import rollout, state_rms
 
-    data_root = args.out / "data"
-    data_dir = data_root / f"{args.system}-cpu"
-    if not (data_dir / "test.zarr").exists():
-        generate_dataset(args.system, "cpu", out=data_dir, progress=None)
+    data_root, data_dir = cpu_data(args.out, args.system)
     ics_ds, train_ds, valid_ds = (open_dataset(data_dir, s) for s in (args.ic_split, "train", "valid"))
     var = next(iter(train_ds.data_vars))
     offset = np.asarray(train_ds.attrs["norm_offset"], dtype=np.float64)
