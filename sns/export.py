@@ -11,7 +11,11 @@ safetensors file whose string metadata holds
   noise ``schedule`` ``{"name", "n_levels", "kwargs"}``; the data normalisation
   ``norm_offset``/``norm_scale``, ``system``...).
 
-Loading never unpickles anything: safetensors holds tensors only, the spec is JSON.
+Loading never unpickles anything: safetensors holds tensors only, the spec is JSON.  Before
+anything is built, :func:`load_model` reads the header itself (bounded by
+:data:`MAX_HEADER_BYTES`, every tensor's byte range inside the file) and checks the spec against
+the tensors' names and shapes (the network built on the ``meta`` device, no memory), so a
+truncated, empty or crafted file is a ``ValueError`` naming it, never a huge allocation.
 When the file is written from a module trained with ``EMAWeightAveraging``, the weights
 are the EMA weights (after ``fit`` the module holds them; in a checkpoint they are
 ``state_dict``).
@@ -19,14 +23,15 @@ are the EMA weights (after ``fit`` the module holds them; in a checkpoint they a
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -34,9 +39,13 @@ from sns.training.models import build_model, resolve_spec
 
 __all__ = [
     "FORMAT_VERSION",
+    "MAX_HEADER_BYTES",
+    "check_spec",
     "export_checkpoint",
+    "file_sha256",
     "load_model",
     "load_schedule",
+    "read_header",
     "read_metadata",
     "save_model",
 ]
@@ -66,24 +75,136 @@ def save_model(model: nn.Module, spec: Mapping[str, Any], path: str | os.PathLik
     return path
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks): what identifies a model file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+#: Largest safetensors header (JSON: tensor table + metadata) accepted.  Exported sns files have
+#: headers of a few to a few hundred KiB; a bigger one is not an sns file (or a hostile one).
+MAX_HEADER_BYTES = 8 << 20
+
+_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
+                "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+def _json(text: str | bytes, path: Path, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError(f"{path}: {what} is nested too deeply; not an sns model file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: {what} is not valid JSON ({err}); corrupt or not an sns model file") from None
+
+
+def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The safetensors header of ``path`` (``{name: {"dtype", "shape", "data_offsets"}}`` plus
+    ``"__metadata__"``), read and checked without loading any tensor.
+
+    Checks: the file is long enough for its header, the header is at most
+    :data:`MAX_HEADER_BYTES`, is a JSON object, and every tensor's byte range lies inside the
+    file and matches its shape and dtype.  Errors are ``ValueError`` naming the file
+    (``FileNotFoundError`` if it does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"{path}: empty file, not an sns model file")
+    if size < 8:
+        raise ValueError(f"{path}: truncated ({size} bytes), not an sns model file")
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if n > MAX_HEADER_BYTES:
+            raise ValueError(f"{path}: safetensors header of {n} bytes exceeds the limit of {MAX_HEADER_BYTES} "
+                             "bytes; not an sns model file")
+        if 8 + n > size:
+            raise ValueError(f"{path}: truncated: the header needs {n} bytes, the file holds {size - 8} after "
+                             "the length field")
+        raw = f.read(n)
+    header = _json(raw, path, "the safetensors header")
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: the safetensors header is not a JSON object; not an sns model file")
+    data_len = size - 8 - n
+    for name, info in header.items():
+        if name == "__metadata__":
+            if info is not None and not (isinstance(info, dict) and all(isinstance(v, str) for v in info.values())):
+                raise ValueError(f"{path}: the __metadata__ entry must map strings to strings")
+            continue
+        try:
+            shape, (lo, hi), dtype = [int(d) for d in info["shape"]], info["data_offsets"], info["dtype"]
+            lo, hi = int(lo), int(hi)
+            itemsize = _DTYPE_BYTES.get(str(dtype))  # None: a dtype this table does not know
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{path}: malformed entry for tensor {name!r} in the safetensors header") from None
+        if any(d < 0 for d in shape) or not 0 <= lo <= hi or (
+                itemsize is not None and hi - lo != math.prod(shape) * itemsize):
+            raise ValueError(f"{path}: tensor {name!r}: shape {shape} ({dtype}) does not match its byte range "
+                             f"[{lo}, {hi})")
+        if hi > data_len:
+            raise ValueError(f"{path}: truncated: tensor {name!r} ends at byte {hi} of the data, the file holds "
+                             f"{data_len}")
+    return header
+
+
 def read_metadata(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(spec, extra)`` of an exported file, without reading the weights."""
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    """``(spec, extra)`` of an exported file, without reading the weights (see :func:`read_header`)."""
+    return _metadata(Path(path), read_header(path))
+
+
+def _metadata(path: Path, header: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    meta = header.get("__metadata__") or {}
     if meta.get("sns_format") != FORMAT_VERSION or "sns_model" not in meta:
         raise ValueError(f"{path} is not an sns model file (metadata sns_format={meta.get('sns_format')!r}, "
                          f"expected {FORMAT_VERSION!r} with an sns_model entry)")
-    return json.loads(meta["sns_model"]), json.loads(meta.get("sns_extra", "{}"))
+    spec = _json(meta["sns_model"], path, "the sns_model metadata")
+    extra = _json(meta.get("sns_extra", "{}"), path, "the sns_extra metadata")
+    if not isinstance(spec, dict) or not isinstance(extra, dict):
+        raise ValueError(f"{path}: sns_model and sns_extra metadata must be JSON objects")
+    return spec, extra
+
+
+def check_spec(path: str | os.PathLike, spec: Mapping[str, Any], header: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` unless the network of ``spec`` has exactly the tensors of ``header``
+    (names and shapes).  The network is built on the ``meta`` device: no memory is allocated,
+    so a spec that claims a huge width is refused before anything is built for real."""
+    try:
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in build_model(spec).state_dict().items()}
+    except (ValueError, TypeError, KeyError) as err:
+        raise ValueError(f"{path}: invalid model spec {dict(spec)}: {err}") from None
+    stored = {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    problems = [f"missing {k}" for k in sorted(set(shapes) - set(stored))]
+    problems += [f"unexpected {k}" for k in sorted(set(stored) - set(shapes))]
+    problems += [f"{k}: spec {shapes[k]} vs file {stored[k]}" for k in sorted(set(shapes) & set(stored))
+                 if shapes[k] != stored[k]]
+    if problems:
+        more = f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ValueError(f"{path}: the weights do not match the model spec ({spec.get('kind')!r}): "
+                         + "; ".join(problems[:5]) + more)
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model of an exported file from that file alone; returns ``(model, extra)``.
 
-    The model is in ``eval()`` mode on ``device``; the weights are loaded strictly.
+    The header is checked first (:func:`read_header`), then the spec against the tensors' shapes
+    (:func:`check_spec`), and only then is the network built and loaded (strictly).  The model
+    is in ``eval()`` mode on ``device``.
     """
-    spec, extra = read_metadata(path)
+    path = Path(path)
+    header = read_header(path)
+    spec, extra = _metadata(path, header)
+    check_spec(path, spec, header)
     model = build_model(spec)
-    model.load_state_dict(load_file(str(path), device=str(device)), strict=True)
+    try:
+        state = load_file(str(path), device=str(device))
+    except Exception as err:  # noqa: BLE001 - safetensors' own errors (SafetensorError, OSError)
+        raise ValueError(f"{path}: cannot read the weights: {err}") from None
+    model.load_state_dict(state, strict=True)
     return model.to(device).eval(), extra
 
 
@@ -106,7 +227,9 @@ def export_checkpoint(ckpt: str | os.PathLike, path: str | os.PathLike,
     ``EMAWeightAveraging``.  The module's ``export_extra`` fields are rebuilt from the
     hyper-parameters and merged with ``extra``.
     """
-    ck = torch.load(str(ckpt), map_location="cpu", weights_only=True)
+    from sns.training.checkpoint_io import read_checkpoint
+
+    ck = read_checkpoint(ckpt)  # weights_only=True; a refused or damaged file: ValueError naming it
     hp = ck.get("hyper_parameters") or {}
     if "net" not in hp:
         raise ValueError(f"{ckpt}: no 'net' model spec in the checkpoint hyper-parameters")

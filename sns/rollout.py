@@ -82,8 +82,9 @@ There is no locking: do not run two rollouts on one store at the same time.
 On a second call with the same configuration a ``running`` or ``time_limit``
 store is resumed; a ``completed``, ``nonfinite``, ``blowup`` or ``aborted`` store is final
 and its result is returned without stepping.  A store with a different
-configuration (shape, seed, n_steps, dtype, x0, guards, ...) or a directory that
-is not a rollout store raises ``ValueError`` unless ``overwrite=True`` (which
+configuration (shape, seed, n_steps, dtype, x0, guards, the caller's ``identity``:
+model-file hashes, noise, refiner settings, ...) or a directory that
+is not a rollout store raises ``ValueError`` naming what differs unless ``overwrite=True`` (which
 never deletes a directory that is not a zarr store).
 
 Guards
@@ -378,6 +379,44 @@ def _digest(x: Tensor) -> str:
     return h.hexdigest()
 
 
+def _is_dataset_store(path: Path) -> bool:
+    """Whether ``path`` is a data-set split written by :mod:`sns.data` (its root attributes
+    carry ``sns_schema``); read from ``zarr.json`` without opening the store."""
+    try:
+        meta = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    attrs = meta.get("attributes") if isinstance(meta, dict) else None
+    return isinstance(attrs, dict) and attrs.get("sns_schema") == schema.SCHEMA_NAME
+
+
+def _check_identity(identity: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``identity`` as it reads back from JSON (dict of JSON values), or None."""
+    if identity is None:
+        return None
+    if not isinstance(identity, Mapping):
+        raise TypeError(f"identity must be a mapping or None, got {type(identity).__name__}")
+    try:
+        return json.loads(json.dumps(dict(identity), allow_nan=False))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"identity must be JSON-serialisable: {err}") from err
+
+
+def _config_diff(
+    stored: Mapping[str, Any], now: Mapping[str, Any], prefix: str = ""
+) -> list[tuple[str, tuple[Any, Any]]]:
+    """Entries that differ between two run configurations, nested dicts by dotted key, sorted;
+    a key present on one side only reads as None on the other."""
+    out: list[tuple[str, tuple[Any, Any]]] = []
+    for k in sorted(set(stored) | set(now)):
+        a, b = stored.get(k), now.get(k)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out.extend(_config_diff(a, b, f"{prefix}{k}."))
+        elif a != b:
+            out.append((f"{prefix}{k}", (a, b)))
+    return out
+
+
 def _read_calls(step: Any, batch: int) -> np.ndarray:
     value = step.last_calls
     if value is None:
@@ -595,6 +634,11 @@ class _ZarrSink:
                 f"overwrite=True refuses to delete {path}: it is not a zarr store; "
                 "remove it yourself"
             )
+        if _is_dataset_store(path):
+            raise ValueError(
+                f"overwrite=True refuses to delete {path}: it is a data-set split "
+                f"(sns_schema={schema.SCHEMA_NAME!r}), never a rollout's output; choose another path"
+            )
         aside = path.with_name(f".{path.name}.deleting-{uuid.uuid4().hex}")
         os.rename(path, aside)
         shutil.rmtree(aside)
@@ -688,6 +732,7 @@ def rollout(
     store_dtype: str | np.dtype = "float32",
     overwrite: bool = False,
     progress: bool | None = None,
+    identity: Mapping[str, Any] | None = None,
 ) -> RolloutResult:
     """Roll ``step`` out ``n_steps`` times from ``x0``, streaming states to a zarr store.
 
@@ -722,6 +767,11 @@ def rollout(
         overwrite: replace an existing store (a zarr store only) instead of
             resuming it or refusing a mismatched one.
         progress: show a tqdm bar on stderr; default: only if stderr is a terminal.
+        identity: JSON-serialisable description of the stepper: everything that changes the
+            states and that the rollout cannot see (content hashes of the model files, noise
+            levels, refiner settings, ...).  It is part of the run's configuration
+            (``rollout_config["identity"]``): a store written with another identity is
+            refused instead of resumed, naming the entries that differ.
 
     Returns:
         A :class:`RolloutResult`.
@@ -763,6 +813,7 @@ def rollout(
         "data_rms": data_rms,
         "blowup_factor": blowup_factor if data_rms is not None else None,
         "x0_sha256": _digest(x0),
+        "identity": _check_identity(identity),
     }
     config = json.loads(json.dumps(config))  # as it reads back from the store
 
@@ -798,15 +849,15 @@ def rollout(
             )
         else:
             stored = dict(root.attrs[ATTR_PREFIX + "config"])
-            diff = {k: (stored.get(k), v) for k, v in config.items() if stored.get(k) != v}
-            diff.update({k: (v, None) for k, v in stored.items() if k not in config})
+            diff = _config_diff(stored, config)
             if diff:
-                lines = "; ".join(
-                    f"{k}: store {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items())
-                )
+                lines = "; ".join(f"{k}: store {a!r} vs now {b!r}" for k, (a, b) in diff)
+                empty = root.attrs.get(ATTR_PREFIX + "checkpoint") is None
                 raise ValueError(
-                    f"{path} holds a rollout of another configuration ({lines}); pass "
-                    "overwrite=True to replace it or choose another path"
+                    f"{path} holds a rollout of another configuration ({lines}); "
+                    + ("it holds no committed step (a start that failed); " if empty else "")
+                    + "refusing to resume it: pass overwrite=True to replace it or choose "
+                    "another path"
                 )
             sink = _ZarrSink(path, root)
             chunk = sink.chunk

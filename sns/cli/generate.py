@@ -13,7 +13,7 @@ from sns.cli import CONFIG_PATH
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="generate")
 def main(cfg: DictConfig) -> None:
-    from sns.data.generate import generate_dataset
+    from sns.data.generate import GenerationLocked, generate_dataset
     from sns.data.io import summary
 
     if cfg.get("num_threads"):
@@ -33,7 +33,7 @@ def main(cfg: DictConfig) -> None:
             overrides=_drop_nulls(OmegaConf.to_container(cfg.overrides)),
             shard=(int(cfg.shard.index), int(cfg.shard.count)),
         )
-    except (ValueError, FileExistsError) as err:
+    except (ValueError, FileExistsError, GenerationLocked) as err:
         print(f"sns-generate: error: {err}", file=sys.stderr)
         sys.exit(2)
     if (out / "train.zarr").exists():

@@ -5,7 +5,9 @@ The models are rebuilt from their ``.safetensors`` files alone (:func:`sns.expor
 the stepper is the surrogate (Gaussian approximation), :class:`sns.refine.SNSRefiner` wrapping
 it, or a baseline of :mod:`sns.baselines` (the diffusion model's file says which); the rollout is
 :func:`sns.rollout.rollout` streaming to a zarr store, which resumes when the same command is
-run again.  Initial conditions are frames of a data set split, normalised like the training
+run again.  The run identity holds the SHA-256 of every model file and the method's settings
+(:func:`run_identity`): a store of other models or settings is refused, naming what differs.  The
+default store path is a function of the inputs (:func:`default_out`).  Initial conditions are frames of a data set split, normalised like the training
 data (the models' files record the normalisation; a mismatch with the data set is an error).
 """
 
@@ -33,6 +35,8 @@ def _check_norm(name: str, extra: dict[str, Any], data_attrs: dict[str, Any]) ->
 
 
 METHODS = ("surrogate", "sns", "acdm", "thermalizer", "pde_refiner")
+SETTINGS = {"surrogate": "gaussian", "sns": "refiner", "acdm": "acdm", "thermalizer": "thermalizer",
+            "pde_refiner": "pde_refiner"}  # method -> attrs key of its settings
 
 
 def build_stepper(cfg: DictConfig, data_attrs: dict[str, Any], device: Any) -> tuple[Any, dict[str, Any]]:
@@ -45,17 +49,19 @@ def build_stepper(cfg: DictConfig, data_attrs: dict[str, Any], device: Any) -> t
     PDE-Refiner are their own forecasters and refuse one.
     """
     from sns.baselines import ACDM, GaussianApproximation, PDERefiner, Thermalizer
-    from sns.export import load_model, load_schedule
+    from sns.export import file_sha256, load_model, load_schedule
     from sns.refine import SNSRefiner
 
     surrogate = None
-    attrs: dict[str, Any] = {"surrogate": None, "denoiser": None}
+    attrs: dict[str, Any] = {"surrogate": None, "denoiser": None, "surrogate_sha256": None,
+                             "denoiser_sha256": None}
     if cfg.surrogate is not None:
         surrogate, s_extra = load_model(cfg.surrogate, device)
         if s_extra.get("task") != "surrogate":
             raise ValueError(f"{cfg.surrogate} holds a {s_extra.get('task')!r} model, expected a surrogate")
         _check_norm(str(cfg.surrogate), s_extra, data_attrs)
         attrs["surrogate"] = str(cfg.surrogate)
+        attrs["surrogate_sha256"] = file_sha256(cfg.surrogate)
     if cfg.denoiser is None:
         if surrogate is None:
             raise ValueError("nothing to roll out: give surrogate=<file> and/or denoiser=<file>")
@@ -70,7 +76,7 @@ def build_stepper(cfg: DictConfig, data_attrs: dict[str, Any], device: Any) -> t
     method = d_extra.get("method", "sns")
     if method not in METHODS:
         raise ValueError(f"{cfg.denoiser} records method {method!r}; valid choices: {METHODS}")
-    attrs.update(denoiser=str(cfg.denoiser), method=method)
+    attrs.update(denoiser=str(cfg.denoiser), denoiser_sha256=file_sha256(cfg.denoiser), method=method)
     needs_surrogate = method in ("sns", "thermalizer")
     if needs_surrogate and surrogate is None:
         raise ValueError(f"method {method!r} refines a surrogate's proposals: give surrogate=<file>")
@@ -106,6 +112,31 @@ def build_stepper(cfg: DictConfig, data_attrs: dict[str, Any], device: Any) -> t
         step = PDERefiner(model, int(p.get("n_refinement_steps", 3)), float(p.get("min_noise_std", 4e-7)))
         attrs["pde_refiner"] = p
     return step.to(device), attrs
+
+
+def run_identity(attrs: dict[str, Any]) -> dict[str, Any]:
+    """What identifies a rollout beyond what :func:`sns.rollout.rollout` sees itself (initial
+    states, seed, n_steps, guards): the content hashes of the model files, the method and its
+    settings (noise, refiner / baseline options, conserve_mean).  A store of another identity
+    is not resumed."""
+    keys = ("method", "surrogate_sha256", "denoiser_sha256", "conserve_mean", *SETTINGS.values())
+    return {k: attrs.get(k) for k in keys if k in attrs}
+
+
+def default_out(cfg: DictConfig, attrs: dict[str, Any], identity: dict[str, Any]) -> Path:
+    """``<out_root>/<method>-<split>-<digest>.zarr``: a path that is a function of the inputs
+    (the run identity, the data split and its frames, n_steps, seed, guards), so re-running the
+    same command resumes the same store and another command never meets it."""
+    import hashlib
+    import json
+
+    inputs = {"identity": identity, "data_dir": str(Path(cfg.data_dir).resolve()), "split": cfg.split,
+              "start_frame": int(cfg.start_frame), "trajectories": int(cfg.trajectories),
+              "n_steps": int(cfg.n_steps), "seed": int(cfg.seed), "blowup_factor": float(cfg.blowup_factor),
+              "device": str(cfg.device)}
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    root = cfg.get("out_root") or "outputs/rollout"
+    return Path(root) / f"{attrs['method']}-{cfg.split}-{digest}.zarr"
 
 
 def _auto_proposal_sigma(valid: Path, surrogate: Any, device: Any, max_pairs: int = 4096) -> float:
@@ -155,10 +186,12 @@ def run_rollout(cfg: DictConfig) -> Any:
     x0 = torch.stack([ds[k * ds.per_traj + int(cfg.start_frame)][0] for k in range(n)]).to(device)
     dt = data_attrs.get("dt")
     dt = float(dt) * int(data_attrs.get("save_every", 1)) if dt is not None else None
-    result = rollout(step, x0, int(cfg.n_steps), store=cfg.out, chunk=int(cfg.chunk), dt=dt, attrs=attrs,
+    identity = run_identity(attrs)
+    out = cfg.out if cfg.get("out") is not None else default_out(cfg, attrs, identity)
+    result = rollout(step, x0, int(cfg.n_steps), store=out, chunk=int(cfg.chunk), dt=dt, attrs=attrs,
                      seed=int(cfg.seed), data_rms=float(state_rms(x0).mean()),
                      blowup_factor=float(cfg.blowup_factor), max_wall_time=cfg.max_wall_time,
-                     overwrite=bool(cfg.overwrite))
+                     overwrite=bool(cfg.overwrite), identity=identity)
     log.info("rollout %s: %d steps, status %s%s, %.1f s, calls/step %s -> %s", attrs["method"], result.steps_done, result.status, f" ({result.message})" if result.message else "",
              result.wall_time, result.calls_mean, result.path)
     return result

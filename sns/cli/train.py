@@ -7,8 +7,11 @@ receive plain arguments.
 
 Resume is idempotent: with ``ckpt_path=last`` (default) a run whose directory holds
 ``checkpoints/last.ckpt`` continues from it (global step, optimizer, schedulers, EMA,
-loops); give the run a fixed directory (``paths.run_dir=...``) and re-run the same
-command after an interruption.  At the end, rank 0 exports the (EMA) weights with the
+loops; a damaged ``last.ckpt`` falls back to the newest readable checkpoint with a warning;
+checkpoints are written atomically and read with ``weights_only=True``); give the run a fixed
+directory (``paths.run_dir=...``) and re-run the same command after an interruption.  A re-run
+of a finished run exports the same EMA weights again and leaves the checkpoints' raw weights
+alone.  At the end, rank 0 exports the (EMA) weights with the
 model spec and the data normalisation to ``<run dir>/<task>.safetensors``
 (:mod:`sns.export`).
 
@@ -47,15 +50,22 @@ def _instantiate_group(group: DictConfig | None, what: str) -> list[Any]:
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | None:
-    """``"last"`` -> ``<output_dir>/checkpoints/last.ckpt`` if it exists, else None (fresh start);
-    None -> None; any other value must be an existing checkpoint file."""
+    """``"last"`` -> the checkpoint a run in ``output_dir`` resumes from
+    (:func:`sns.training.checkpoint_io.find_resume_checkpoint`: ``checkpoints/last.ckpt``, or the
+    newest readable checkpoint with a warning when it is damaged), None if there is none (fresh
+    start); None -> None; any other value must be a readable checkpoint file.
+
+    Every candidate is read with ``torch.load(weights_only=True)``; a refused or unreadable
+    file raises ``ValueError`` naming it."""
+    from sns.training.checkpoint_io import find_resume_checkpoint, read_checkpoint
+
     if ckpt_path is None:
         return None
     if ckpt_path == "last":
-        last = Path(output_dir) / "checkpoints" / "last.ckpt"
-        return str(last) if last.exists() else None
+        return find_resume_checkpoint(Path(output_dir) / "checkpoints")
     if not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path {ckpt_path!r} is not a file; valid choices: 'last', null or a checkpoint path")
+    read_checkpoint(ckpt_path)
     return str(ckpt_path)
 
 
@@ -76,7 +86,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from lightning.pytorch.callbacks import LearningRateMonitor
 
     from sns.export import save_model
-    from sns.training.callbacks import Throughput
+    from sns.training.callbacks import Throughput, averaged_model
+    from sns.training.checkpoint_io import AtomicCheckpointIO
 
     tasks = [k for k, v in cfg.model.items() if isinstance(v, DictConfig) and "module" in v]
     if cfg.task not in tasks:
@@ -95,8 +106,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     progress = cfg.trainer.get("enable_progress_bar")
     if progress is None:
         progress = sys.stderr.isatty()
+    plugins = {} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO()]}
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                      enable_progress_bar=bool(progress))
+                                      enable_progress_bar=bool(progress), **plugins)
     ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     if ckpt:
         log.info("resuming from %s", ckpt)
@@ -104,7 +116,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info("task %s: %s (%.3fM parameters), output %s", cfg.task, module.model_spec["kind"], n_params / 1e6,
              output_dir)
     t0 = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt)
+    # weights_only=True: resuming never unpickles anything but tensors and plain containers
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
     wall = time.perf_counter() - t0
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     metrics["wall_s"] = wall
@@ -115,7 +128,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("export", True) and trainer.is_global_zero:
         extra = {**module.export_extra(), "data": data_metadata(datamodule.data_dir),
                  "global_step": int(trainer.global_step)}
-        path = save_model(module.model, module.model_spec, output_dir / f"{cfg.task}.safetensors", extra)
+        # the EMA average itself, not module.model: a re-run of a finished training restores
+        # the raw weights into the module and never reaches on_train_end (which copies the
+        # average in), so module.model would be the raw weights (issue 16)
+        path = save_model(averaged_model(callbacks, module), module.model_spec, output_dir / f"{cfg.task}.safetensors", extra)
         metrics_msg = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
         log.info("exported %s; %s", path, metrics_msg)
     return metrics

@@ -22,6 +22,7 @@ Layout and names are in :mod:`sns.data.schema`.  Guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -316,6 +317,84 @@ def _finalise(partials: dict[str, Path], finals: dict[str, Path], system_name: s
         os.replace(partial, finals[split])
 
 
+class GenerationLocked(RuntimeError):
+    """Another process is generating into the same output (its lock file is held)."""
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path):
+    """Hold an exclusive ``fcntl.flock`` on ``lock`` (created if missing) or raise
+    :class:`GenerationLocked` at once.  The file is left in place: unlinking a lock file that
+    another process has open would let two processes lock two different inodes.  Where
+    ``fcntl`` does not exist (Windows) no lock is taken."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise GenerationLocked(
+                f"another sns-generate is writing {lock.parent} (it holds {lock}); wait for it to "
+                "finish or choose another out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+_VOLATILE_ATTRS = ("sns_version", "torch_version")
+
+
+def _refuse_existing(out: Path, splits: list[str], pre: Preset, expected: dict, count: int) -> None:
+    """Raise ``FileExistsError`` if ``out`` holds a data set, unless it is this run's own data set
+    left by a kill between its final renames (some ``<split>.zarr`` in place, every other split
+    complete as ``<split>.zarr.partial``, same system, preset, seed and parameters): that one is
+    finished, not refused."""
+    existing = _existing(out)
+    if count != 1 or not any(p.suffix == ".zarr" for p in existing):
+        return
+    finals = [s for s in splits if (out / f"{s}.zarr").exists()]
+    missing = [s for s in splits if s not in finals]
+    if missing and all(_is_complete_partial(out / f"{s}.zarr.partial", pre.trajectories[s]) for s in missing):
+        mismatch = []
+        for s in finals:
+            try:
+                attrs = dict(zarr.open_group(str(out / f"{s}.zarr"), mode="r").attrs)
+            except Exception:  # noqa: BLE001 - unreadable: not ours to finish
+                mismatch.append(f"{s}.zarr unreadable")
+                continue
+            wrong = [k for k, v in expected.items() if k not in _VOLATILE_ATTRS and attrs.get(k) != v]
+            if attrs.get("split_trajectories") != pre.trajectories[s]:
+                wrong.append("split_trajectories")
+            if wrong:
+                mismatch.append(f"{s}.zarr differs in {', '.join(wrong)}")
+        if not mismatch:
+            return  # finish the renames of an interrupted run
+        detail = f" (a partial generation remains, but {'; '.join(mismatch)})"
+    else:
+        detail = ""
+    raise FileExistsError(
+        f"{out} already holds a data set ({', '.join(p.name for p in existing)}){detail}; "
+        "pass overwrite=true to replace it"
+    )
+
+
+def _is_complete_partial(path: Path, n_traj: int) -> bool:
+    """Whether ``path`` is a partial split store whose trajectories are all written."""
+    if not path.exists():
+        return False
+    try:
+        return int(zarr.open_group(str(path), mode="r").attrs.get(_COMPLETED, -1)) == n_traj
+    except Exception:  # noqa: BLE001 - unreadable leftovers
+        return False
+
+
 def _existing(out: Path) -> list[Path]:
     return [out / f"{s}.zarr" for s in schema.SPLITS if (out / f"{s}.zarr").exists()] + (
         [out / "shards"] if (out / "shards").exists() else []
@@ -367,6 +446,24 @@ def generate_dataset(
     shard_range(1, index, count) if count > 1 else None  # validates index/count
     # Build the solver before touching the disk: bad parameters raise here.
     sys_obj = make_system(system, **pre.system, dtype=DTYPES[dtype], device=device)
+    splits = [s for s in schema.SPLITS if pre.trajectories.get(s, 0) > 0]
+    if "train" not in splits:
+        raise ValueError("the train split needs at least one trajectory (normalisation comes from it)")
+    expected = _base_attrs(system, preset, pre, sys_obj, seed)
+    if not overwrite:  # refuse before writing anything (checked again under the lock)
+        _refuse_existing(out, splits, pre, expected, count)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = ".generate.lock" if count == 1 else f".generate.{index:04d}-of-{count:04d}.lock"
+    with _exclusive(out / lock):
+        return _generate_locked(out, system, preset, pre, sys_obj, seed, splits, expected, overwrite,
+                                batch_size, shard, progress)
+
+
+def _generate_locked(out: Path, system: str, preset: str, pre: Preset, sys_obj: Any, seed: int,
+                     splits: list[str], expected: dict, overwrite: bool, batch_size: int,
+                     shard: tuple[int, int], progress: Callable[[str], None] | None) -> Path:
+    """The body of :func:`generate_dataset`, run while holding the output's lock file."""
+    index, count = shard
     existing = _existing(out)
     if existing and overwrite:
         for p in existing:
@@ -375,15 +472,8 @@ def generate_dataset(
             p = out / f"{s}.zarr.partial"
             if p.exists():
                 shutil.rmtree(p)
-    elif any(p.suffix == ".zarr" for p in existing) and count == 1:
-        raise FileExistsError(
-            f"{out} already holds a data set ({', '.join(p.name for p in existing)}); "
-            "pass overwrite=true to replace it"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    splits = [s for s in schema.SPLITS if pre.trajectories.get(s, 0) > 0]
-    if "train" not in splits:
-        raise ValueError("the train split needs at least one trajectory (normalisation comes from it)")
+    elif not overwrite:
+        _refuse_existing(out, splits, pre, expected, count)
     if count == 1:
         partials = {}
         for s in splits:
