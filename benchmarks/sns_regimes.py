@@ -5,11 +5,11 @@ One command per system and seed trains what it needs under ``--out`` and prints 
 so an interrupted run resumes at the next row):
 
 1. data: ``sns-generate``'s cpu preset of ``--system``: Lorenz-63 (16/4/4 trajectories of 4000
-   frames every 0.05) or two-scale Lorenz-96 observed through its 8 slow variables (the uncertain
-   regime c 10, h 2, F 20; 16/4/4 x 2000 frames);
+   frames every 0.05), Lorenz-96 (D = 40, F = 8) or two-scale Lorenz-96 observed through its 8
+   slow variables (the uncertain regime c 10, h 2, F 20; 16/4/4 x 2000 frames);
 2. per training seed, through ``sns-train`` (the ``<system>_cpu`` experiment, batch 256, budgets in
-   optimizer steps): a *good* residual-MLP surrogate (``--good-steps``), a *weak* one
-   (``--weak-steps``: on Lorenz-63 the experiment's default budget, which collapses onto a fixed
+   optimizer steps): a *good* residual-MLP surrogate (``--good-steps``), a *weak* one where
+   ``--surrogates`` asks for it (``--weak-steps``: on Lorenz-63 the experiment's default budget, which collapses onto a fixed
    point), and two blind MLP pair denoisers with the same budget (``--denoiser-steps``): the
    paper's cosine schedule and a log-spaced sigma schedule (``log_sigma_schedule``, sigma 1e-3..80),
    S = 100;
@@ -29,6 +29,16 @@ fixed levels on either schedule; and the log-sigma denoiser with estimated level
 path A (``n_moves`` per leg), alone, with calibrated "leave it" (``calibrate_skip_threshold``) and
 with proposal noise sized to the surrogate's error (``calibrate_proposal_sigma``);
 ``--all-methods`` adds the ablations (unit steps, skip at level 0, coupled levels, ...).
+``--guard`` adds estimated levels with a floor from ``NearestStateGuard`` (x_{t-1}'s distance to
+the nearest train state; threshold and level table calibrated on the valid split), with and
+without proposal noise.
+``--baselines`` trains, per seed and with the same budget as each denoiser (``--denoiser-steps``),
+ACDM (explicit levels, linear schedule, S = 100), the Thermalizer (blind unconditional denoiser of
+the invariant measure, cosine S = 100, classifier CE weight 1; start 6 / stop 4, on each
+surrogate) and PDE-Refiner (K = 3), and adds their rows and clean conditioning (x_t generated from
+pure noise by the cosine pair denoiser, conditioned on x_{t-1}; S = 100 calls per step); the
+surrogate-free rows are listed under the good surrogate.  The
+100-call rows (ACDM, clean conditioning) are selected with ``--only`` like every row.
 
 Run: ``python benchmarks/sns_regimes.py --seeds 0 1 2`` (``--system lorenz96_two_scale``).
 """
@@ -71,7 +81,7 @@ def train_one(args, data_root: Path, name: str, task: str, seed: int, steps: int
 
 
 def methods(sur, den_cos, sch_cos, den_log, sch_log, n_moves: int, k_log: tuple[int, int],
-            sigma_p: float, full: bool = False) -> dict[str, object]:
+            sigma_p: float, full: bool = False, guard=None, clamp: float | None = None) -> dict[str, object]:
     """Every method on one surrogate (normalised units throughout); ``k_log``: the log-sigma
     denoiser's calibrated leave-it thresholds (its heads' 90% reading of clean valid pairs);
     ``sigma_p``: sqrt(2) x the surrogate's one-step RMSE on the valid split (``calibrate_proposal_sigma``).  ``full`` adds the ablations
@@ -107,6 +117,36 @@ def methods(sur, den_cos, sch_cos, den_log, sch_log, n_moves: int, k_log: tuple[
     # law of x_t + sigma e for sigma ~ RMSE when F's error is ~ RMSE; the heads then read that level
     out[f"log-sigma, estimated, n_moves {n_moves}, proposal noise sqrt(2) RMSE"] = SNSRefiner(
         **log, n_moves=n_moves, proposal_sigma=sigma_p)
+    if guard is not None:  # a floor on both levels from x_{t-1}'s distance to the train states
+        out[f"log-sigma, estimated, n_moves {n_moves}, state guard"] = SNSRefiner(
+            **log, n_moves=n_moves, state_guard=guard)
+        out[f"log-sigma, estimated, n_moves {n_moves}, proposal noise sqrt(2) RMSE, state guard"] = SNSRefiner(
+            **log, n_moves=n_moves, proposal_sigma=sigma_p, state_guard=guard)
+        # the guard can ask for the top of the schedule, where x0_hat amplifies the network's error by
+        # sqrt(1 + sigma^2) (up to 80x): the documented bound, 1.5x the largest |state| of the train split
+        out[f"log-sigma, estimated, n_moves {n_moves}, state guard, clamp"] = SNSRefiner(
+            **log, n_moves=n_moves, state_guard=guard, clamp=clamp)
+    return out
+
+
+def baselines(sur, den_cos, sch_cos, files: dict[str, Path], surrogate_free: bool, therm_start: int = 6,
+              therm_stop: int = 4) -> dict[str, object]:
+    """The paper's baselines, each at its paper setting (see the module docstring): the Thermalizer
+    on the surrogate ``sur``, and with ``surrogate_free`` the methods that use no surrogate."""
+    from sns.baselines import ACDM, PDERefiner, Thermalizer
+    from sns.export import load_model, load_schedule
+    from sns.refine import SNSRefiner
+
+    therm, tx = load_model(files["thermalizer"])
+    out: dict[str, object] = {f"Thermalizer {therm_start}/{therm_stop}": Thermalizer(
+        therm, load_schedule(tx), sur, start=therm_start, stop=therm_stop, limit=None)}
+    if surrogate_free:
+        acdm, ax = load_model(files["acdm"])
+        pde, px = load_model(files["pde_refiner"])
+        out["PDE-Refiner (K = 3)"] = PDERefiner(pde, **px["pde_refiner"])
+        out[f"ACDM (S = {load_schedule(ax).n_levels}, no surrogate)"] = ACDM(acdm, load_schedule(ax))
+        out["clean conditioning (cosine, generation, S = 100)"] = SNSRefiner(
+            den_cos, sch_cos, None, fixed_levels=(0, sch_cos.n_levels - 1))
     return out
 
 
@@ -127,7 +167,7 @@ def diagnostics(sur, den, sch, pairs: tuple[torch.Tensor, torch.Tensor]) -> dict
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--system", default="lorenz63", choices=["lorenz63", "lorenz96_two_scale"])
+    p.add_argument("--system", default="lorenz63", choices=["lorenz63", "lorenz96", "lorenz96_two_scale"])
     p.add_argument("--out", type=Path, default=REPO / "outputs" / "bench-sns-regimes")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=10_000)
@@ -144,6 +184,10 @@ def main() -> None:
     p.add_argument("--only", nargs="*", help="substrings of the method names to run")
     p.add_argument("--surrogates", nargs="*", default=["good", "weak"])
     p.add_argument("--all-methods", action="store_true", help="add the ablations (see methods())")
+    p.add_argument("--guard", action="store_true", help="add the rows with NearestStateGuard (calibrated on the "
+                   "train states and the valid split)")
+    p.add_argument("--baselines", action="store_true", help="train and add ACDM, Thermalizer, PDE-Refiner and "
+                   "clean conditioning (see the module docstring)")
     p.add_argument("--report", action="store_true", help="print the table of every seed stored so far")
     p.add_argument("--seeds-only", action="store_true", help="with --report: run nothing, only report")
     args = p.parse_args()
@@ -151,7 +195,7 @@ def main() -> None:
     from sns.data.io import open_dataset
     from sns.export import load_model, load_schedule
     from sns.metrics import autocorrelation, wasserstein1_per_coordinate
-    from sns.refine import calibrate_proposal_sigma, calibrate_skip_threshold
+    from sns.refine import NearestStateGuard, calibrate_proposal_sigma, calibrate_skip_threshold
     from sns.rollout import rollout, state_rms
 
     data_root, data_dir = cpu_data(args.out, args.system)
@@ -189,21 +233,32 @@ def main() -> None:
 
     results: dict[str, dict[str, list]] = {}
     diag: dict[str, list] = {}
+    guard = None
     log_kw = f"diffusion.kwargs={{sigma_min:{args.sigma_min},sigma_max:80.0}}"
     for seed in ([] if args.seeds_only else args.seeds):
         files = {
             "good": train_one(args, data_root, "surrogate_good", "surrogate", seed, args.good_steps, []),
-            "weak": train_one(args, data_root, "surrogate_weak", "surrogate", seed, args.weak_steps, []),
             "cos": train_one(args, data_root, "denoiser_cosine", "denoiser", seed, args.denoiser_steps,
                              ["diffusion=cosine"]),
             "log": train_one(args, data_root, f"denoiser_log_sigma{args.sigma_min:g}", "denoiser", seed,
                              args.denoiser_steps, ["diffusion=log_sigma", log_kw]),
         }
+        if "weak" in args.surrogates:
+            files["weak"] = train_one(args, data_root, "surrogate_weak", "surrogate", seed, args.weak_steps, [])
+        if args.baselines:
+            for task in ("acdm", "thermalizer", "pde_refiner"):
+                files[task] = train_one(args, data_root, task, task, seed, args.denoiser_steps,
+                                        ["model.acdm.module.n_levels=100"])
         seed_file = args.out / f"results_{args.ic_split}_{args.steps}_seed{seed}.json"
         seed_results = json.loads(seed_file.read_text())["results"] if seed_file.exists() else {}
         (den_cos, xc), (den_log, xl) = load_model(files["cos"]), load_model(files["log"])
         sch_cos, sch_log = load_schedule(xc), load_schedule(xl)
         k_log = calibrate_skip_threshold(den_log, *pairs, quantile=0.9)
+        if args.guard and guard is None:  # the log-sigma schedule is the same for every seed
+            t0 = time.perf_counter()
+            guard = NearestStateGuard.calibrate(sch_log, norm(ref), norm(vx.reshape(-1, vx.shape[-1])))
+            print(f"state guard: threshold {guard.threshold:.4f} (valid 99.9% nearest-train distance), "
+                  f"calibrated in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         for which in args.surrogates:
             sur, _ = load_model(files[which])
             for name, den, sch in (("cosine", den_cos, sch_cos), ("log-sigma", den_log, sch_log)):
@@ -211,8 +266,11 @@ def main() -> None:
                 d["k2"], d["k1"] = calibrate_skip_threshold(den, *pairs, quantile=0.9)
                 diag.setdefault(f"{which} / {name}", []).append(d)
             sigma_p = calibrate_proposal_sigma(sur, *pairs)
-            for name, step in methods(sur, den_cos, sch_cos, den_log, sch_log, args.n_moves, k_log, sigma_p,
-                                      args.all_methods).items():
+            todo = methods(sur, den_cos, sch_cos, den_log, sch_log, args.n_moves, k_log, sigma_p, args.all_methods,
+                           guard, clamp=1.5 * float(norm(ref).abs().max()))
+            if args.baselines:  # the surrogate-free ones listed under the good surrogate
+                todo.update(baselines(sur, den_cos, sch_cos, files, surrogate_free=which == "good"))
+            for name, step in todo.items():
                 if args.only and not any(s in name for s in args.only):
                     continue
                 if f"{which} | {name}" in seed_results:  # done by an earlier (interrupted) run of this seed

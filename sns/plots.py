@@ -101,8 +101,10 @@ def plot_lines(x: Mapping[str, np.ndarray] | np.ndarray, series: Mapping[str, np
 
 
 def plot_marginals(samples: Mapping[str, np.ndarray], title: str = "invariant measure (marginals)",
-                   bins: int = 60, max_coords: int = 3, path: str | Path | None = None) -> Figure:
-    """Histograms per coordinate (first ``max_coords``); ``samples[name]`` is ``(n, d)``."""
+                   bins: int = 60, max_coords: int = 3, path: str | Path | None = None,
+                   xlabel: str = "coordinate {j}") -> Figure:
+    """Histograms per coordinate (first ``max_coords``); ``samples[name]`` is ``(n, d)``;
+    ``xlabel`` is formatted with the coordinate index ``j``."""
     d = min(max_coords, next(iter(samples.values())).shape[-1])
     fig, axes = plt.subplots(1, d, figsize=(4 * d, 3.2), squeeze=False)
     for j in range(d):
@@ -112,7 +114,7 @@ def plot_marginals(samples: Mapping[str, np.ndarray], title: str = "invariant me
         for name, s in samples.items():
             if len(s):
                 ax.hist(s[:, j], bins=edges, density=True, histtype="step", label=name, **_style(name))
-        ax.set_xlabel(f"coordinate {j}")
+        ax.set_xlabel(xlabel.format(j=j))
         ax.set_ylabel("density")
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(title, y=1.03)

@@ -34,7 +34,8 @@ from sns.diffusion.paths import PATHS, Path, make_path, traverse
 from sns.diffusion.schedules import Schedule
 from sns.nets.base import PairDenoiser
 
-__all__ = ["SNSRefiner", "calibrate_proposal_sigma", "calibrate_skip_threshold", "estimate_levels"]
+__all__ = ["NearestStateGuard", "SNSRefiner", "calibrate_proposal_sigma", "calibrate_skip_threshold",
+           "estimate_levels"]
 
 PathFn = Callable[[Tensor, Tensor, int], Path]  #: (s1, s2, S) start coordinates -> Path
 
@@ -97,6 +98,86 @@ def calibrate_proposal_sigma(surrogate: nn.Module | Callable[[Tensor], Tensor], 
     return factor * (sq / x_next.numel()) ** 0.5
 
 
+class NearestStateGuard:
+    """A floor on the refinement levels from how far ``x_{t-1}`` lies from the data.
+
+    The level heads read a *pair*; a surrogate that slowly collapses (each step locally
+    consistent) produces pairs they read as clean even when the state is far from every data
+    state (measured on Lorenz-63: states collapsed onto a fixed point, 0.44 normalised units
+    from the nearest valid state, read i2 = 0, like clean data; benchmarks/RESULTS.md, issue
+    14).  This guard measures that distance directly, with a KD-tree over reference states (the
+    train split, normalised units), and returns for each sample
+
+    * 0 where the distance is within ``threshold`` (the ``quantile`` of held-out data's own
+      nearest-reference distances: data looks like this);
+    * otherwise the level whose *noised held-out data* lies that far from the reference: the
+      table ``distances[i]`` is the median nearest-reference distance of held-out states noised
+      to level ``i`` (measured, so it accounts for the manifold's dimension and the sampling
+      floor), and the level is the highest ``i`` with ``distances[i] <= d``.
+
+    :class:`SNSRefiner` (``state_guard=``) raises both estimated levels to at least this floor, so
+    a drifting state is re-noised at the level of its distance and pulled back by the reverse
+    process.  Nearest neighbours mean something for low-dimensional states (Lorenz systems); for
+    fields the distance is dominated by the sampling floor and the guard is not meant for them.
+
+    Build it with :meth:`calibrate`; calling it maps ``(B, *state)`` normalised states to levels
+    ``(B,)`` (long, on the states' device).
+    """
+
+    def __init__(self, reference: Tensor, distances: Tensor, threshold: float) -> None:
+        from scipy.spatial import cKDTree
+
+        ref = torch.as_tensor(reference).detach().reshape(len(reference), -1).double().cpu().numpy()
+        if ref.shape[0] < 1:
+            raise ValueError("the guard needs at least one reference state")
+        d = torch.as_tensor(distances, dtype=torch.float64).flatten()
+        if d.numel() < 1 or not bool(torch.isfinite(d).all()):
+            raise ValueError("distances must be a non-empty finite table (one entry per level)")
+        if not threshold >= 0:
+            raise ValueError(f"threshold must be >= 0, got {threshold!r}")
+        self.tree = cKDTree(ref)
+        self.dim = ref.shape[1]
+        self.distances = torch.cummax(d, 0).values  # monotone in the level
+        self.threshold = float(threshold)
+
+    @classmethod
+    @torch.no_grad()
+    def calibrate(cls, schedule: Schedule, reference: Tensor, held_out: Tensor, quantile: float = 0.999,
+                  n_probe: int = 2000, seed: int = 0) -> NearestStateGuard:
+        """The guard for ``schedule`` from ``reference`` states (e.g. the train split) and
+        ``held_out`` states (e.g. the valid split; never the evaluation split), normalised units:
+        ``threshold`` = the ``quantile`` of the held-out states' nearest-reference distances,
+        ``distances[i]`` = the median of those distances after noising ``n_probe`` held-out states
+        to level ``i`` (:func:`sns.diffusion.noising.noise_state`)."""
+        if not 0.0 < quantile <= 1.0:
+            raise ValueError(f"quantile must lie in (0, 1], got {quantile!r}")
+        reference, held_out = torch.as_tensor(reference), torch.as_tensor(held_out)
+        if held_out.shape[0] < 1 or held_out.shape[1:] != reference.shape[1:]:
+            raise ValueError(f"held_out states {tuple(held_out.shape)} do not match the reference "
+                             f"{tuple(reference.shape)}")
+        guard = cls(reference, torch.zeros(1), 0.0)
+        g = torch.Generator().manual_seed(seed)
+        threshold = float(torch.quantile(guard.distance(held_out), quantile))
+        probe = held_out[torch.randperm(len(held_out), generator=g)[:n_probe]].float()
+        table = []
+        for i in range(schedule.n_levels):
+            noisy, _ = noise_state(schedule, probe, torch.full((len(probe),), i, dtype=torch.long), generator=g)
+            table.append(float(guard.distance(noisy).median()))
+        return cls(reference, torch.tensor(table), threshold)
+
+    def distance(self, x: Tensor) -> Tensor:
+        """Euclidean distance of each state ``(B, *state)`` to its nearest reference state, ``(B,)``."""
+        flat = x.detach().reshape(len(x), -1).double().cpu().numpy()
+        if flat.shape[1] != self.dim:
+            raise ValueError(f"states of {flat.shape[1]} values, but the reference has {self.dim}")
+        return torch.from_numpy(self.tree.query(flat)[0])
+
+    def __call__(self, x: Tensor) -> Tensor:
+        d = self.distance(x)
+        level = (torch.searchsorted(self.distances, d, right=True) - 1).clamp(min=0)
+        return torch.where(d > self.threshold, level, torch.zeros_like(level)).to(x.device)
+
+
 class SNSRefiner(nn.Module):
     """A refined stepper ``x_{n-1} -> x_n`` wrapping any surrogate with a pair denoiser.
 
@@ -137,6 +218,9 @@ class SNSRefiner(nn.Module):
             -- if the ``s2`` head sees the drift.  Measured on Lorenz-63 it did not (the head
             measures distance to the data's support, and the collapsing states stay near it),
             and coupling made rollouts worse (benchmarks/RESULTS.md, issue 14).
+        state_guard: a callable mapping the normalised ``x_{t-1}`` ``(B, *state)`` to a floor on
+            both levels ``(B,)`` (e.g. :class:`NearestStateGuard`): where it is positive the sample
+            is refined from at least that level, whatever the heads read and ``skip_threshold``.
 
     Attributes after each call: ``last_levels`` (``(i2, i1)``, each ``(B,)``),
     ``last_calls`` (``(B,)`` denoiser calls per sample), ``last_refined`` (``(B,)`` bool);
@@ -159,6 +243,7 @@ class SNSRefiner(nn.Module):
         n_moves: int | None = None,
         eta: float = 1.0,
         couple_levels: bool = False,
+        state_guard: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         super().__init__()
         S = schedule.n_levels
@@ -200,6 +285,9 @@ class SNSRefiner(nn.Module):
         self.n_moves = n_moves
         self.eta = float(eta)
         self.couple_levels = bool(couple_levels)
+        if state_guard is not None and not callable(state_guard):
+            raise TypeError(f"state_guard must be callable (states -> levels), got {type(state_guard).__name__}")
+        self.state_guard = state_guard
         self.register_buffer("shift", torch.as_tensor(shift, dtype=torch.float32), persistent=False)
         self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32), persistent=False)
         if not bool((self.scale > 0).all()):
@@ -261,6 +349,12 @@ class SNSRefiner(nn.Module):
             refine = (i2 > self.skip_threshold[0]) | (i1 > self.skip_threshold[1])
         if self.couple_levels and self.surrogate is not None:
             i1 = torch.maximum(i1, i2)
+        if self.state_guard is not None and self.surrogate is not None:
+            floor = torch.as_tensor(self.state_guard(x_prev), device=x.device).long().clamp(0, S - 1)
+            if floor.shape != (B,):
+                raise ValueError(f"state_guard must return one level per sample, shape ({B},), got {tuple(floor.shape)}")
+            i2, i1 = torch.maximum(i2, floor), torch.maximum(i1, floor)
+            refine = refine | (floor > 0)
         out = x_hat.clone()
         idx = refine.nonzero().squeeze(1)
         if idx.numel():

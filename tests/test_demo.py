@@ -1,4 +1,5 @@
-"""sns-demo end to end at toy size: data, both models, both rollouts, the evaluation report."""
+"""sns-demo end to end at toy size: data, both models, both rollouts, the evaluation report
+(the default two-scale Lorenz-96 demo, deterministic for a seed, and the Kolmogorov variant)."""
 
 import json
 
@@ -19,7 +20,7 @@ def demo_cfg(tmp_path):
         "diffusion.n_levels=10", "trainer.limit_train_batches=2", "data.max_val_windows=4"]
     sur = [o.format(t="surrogate") for o in TINY_NET] + ["trainer.limit_train_batches=2", "data.max_val_windows=4"]
     with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-        cfg = compose(config_name="demo", overrides=[
+        cfg = compose(config_name="demo_kolmogorov", overrides=[
             f"out_dir={tmp_path}/demo", "data.overrides.n_frames=12", "+data.overrides.spinup_steps=50",
             "data.overrides.trajectories={train: 2, valid: 1, test: 1}",
             "train.surrogate.max_time=00:00:00:08", "train.denoiser.max_time=00:00:00:08",
@@ -71,3 +72,58 @@ def test_demo_pipeline(demo_cfg, tmp_path):
     assert res.status == "completed" and ds.attrs["conserve_mean"] is True and res.calls_mean == 2
     means = ds["state"].values.astype("float64").mean(axis=(-2, -1))  # (trajectory, time, channel)
     assert abs(means - means[:, :1]).max() < 1e-5
+
+
+def _l96_demo(tmp_path, name: str):
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+        cfg = compose(config_name="demo", overrides=[
+            f"out_dir={tmp_path}/{name}", "+data.overrides.n_frames=40", "+data.overrides.spinup_steps=200",
+            "+data.overrides.trajectories={train: 2, valid: 1, test: 1}", "train.surrogate.max_steps=6",
+            "train.denoiser.max_steps=6", "rollout.trajectories=1", "rollout.n_steps=30", "rollout.chunk=8", "evaluate.burn=2",
+            "evaluate.max_lag=4"])
+        small = ["data.batch_size=16", "trainer.limit_val_batches=1"]
+        cfg.train.surrogate.overrides = small
+        cfg.train.denoiser.overrides = [*small, "diffusion=log_sigma", "model.denoiser.module.val_rollout_steps=0"]
+        return cfg
+
+
+def test_demo_lorenz96_two_scale_step_budgets_are_deterministic(tmp_path):
+    """The default demo trains for a number of optimizer steps, refines with estimated levels and
+    calibrated proposal noise, reports the train split as the floor, and gives the same numbers
+    twice for one seed."""
+    from sns.cli.demo import run_demo
+    from sns.rollout import open_rollout
+
+    n = torch.get_num_threads()
+    try:
+        outs = [run_demo(_l96_demo(tmp_path, name)) for name in ("a", "b")]
+    finally:
+        torch.set_num_threads(n)
+    rows = [json.loads((tmp_path / name / "report" / "metrics.json").read_text()) for name in ("a", "b")]
+    methods = [r["method"] for r in rows[0]]
+    assert methods == ["reference", "train split (floor)", "surrogate", "SNS"]
+    for r in rows[0][1:]:
+        assert {"w1_mean", "w1_max", "incr_w1", "incr_rms_ratio", "acf_err"} <= set(r)
+        assert r["w1_max"] >= r["w1_mean"] >= 0 and r["incr_w1"] >= 0
+    sns_row = rows[0][3]
+    # (6 training steps: the toy models may blow up; the numbers must still be reproducible)
+    assert sns_row["status"] in ("completed", "blowup") and 1 <= sns_row["calls_mean"] <= 5
+    # step budgets, not wall clock: both runs trained exactly 6 steps and agree to the last digit
+    for r0, r1 in zip(*rows):
+        for k, v in r0.items():
+            if k != "steps_per_s":
+                assert r1[k] == v, (r0["method"], k)
+    ds = open_rollout(outs[0]["stores"]["SNS"])
+    r = ds.attrs["refiner"]
+    assert r["proposal_sigma_auto"] is True and r["proposal_sigma"] > 0 and r["fixed_levels"] is None
+    assert (tmp_path / "a" / "report" / "increments.png").exists()
+
+
+def test_demo_budget_errors(tmp_path):
+    from sns.cli.demo import run_demo
+
+    cfg = _l96_demo(tmp_path, "bad")
+    cfg.train.surrogate.max_steps = None
+    cfg.train.surrogate.max_time = None
+    with pytest.raises(ValueError, match="max_steps"):
+        run_demo(cfg)

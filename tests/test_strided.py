@@ -151,3 +151,49 @@ def test_calibrate_proposal_sigma_and_skip_threshold():
         calibrate_proposal_sigma(lambda u: u, xp, xn, factor=0.0)
     with pytest.raises(ValueError, match="quantile must lie in"):
         calibrate_skip_threshold(ShiftOracle(sch), xp, xn, quantile=0.0)
+
+
+def test_nearest_state_guard_calibration():
+    """Reference states on the unit circle: held-out states on it read level 0; a state off it
+    reads the level whose noised held-out states lie as far, increasing with the distance."""
+    from sns.refine import NearestStateGuard
+
+    g = torch.Generator().manual_seed(0)
+    circle = lambda n: torch.stack([torch.cos(a := 2 * math.pi * torch.rand(n, generator=g)), torch.sin(a)], 1)
+    sch = log_sigma_schedule(60, sigma_min=1e-3, sigma_max=10.0)
+    guard = NearestStateGuard.calibrate(sch, circle(4000), circle(1000), quantile=0.999, n_probe=500)
+    assert guard.threshold < 0.01  # held-out points on the circle are within the reference spacing
+    assert (guard.distances.diff() >= 0).all() and guard.distances[0] < 0.01
+    on = circle(200)
+    assert (guard(on) == 0).all()
+    sigma = ((1 - sch.abar) / sch.abar).sqrt()
+    levels = [int(guard(torch.tensor([[r, 0.0]]))) for r in (1.05, 1.3, 2.0)]
+    assert 0 < levels[0] < levels[1] < levels[2]
+    # 2-D points noised at sigma lie ~0.67 sigma from a 1-D manifold (median |z|): d = 0.3 -> sigma ~0.45
+    assert 0.2 < float(sigma[levels[1]]) < 1.0
+    with pytest.raises(ValueError, match="states of 3 values"):
+        guard(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="do not match the reference"):
+        NearestStateGuard.calibrate(sch, circle(10), torch.zeros(5, 3))
+
+
+def test_refiner_state_guard_floors_the_levels():
+    sch = log_sigma_schedule(40, sigma_min=1e-3, sigma_max=10.0)
+    orc = ShiftOracle(sch)
+    x = torch.zeros(3, 1)  # all on the toy manifold, exact proposals: the heads read clean
+
+    def surrogate(u):
+        return u + 1
+
+    floor = torch.tensor([0, 0, 25])
+    ref = SNSRefiner(orc, sch, surrogate, n_moves=2, skip_threshold=0, eta=0.0, state_guard=lambda u: floor)
+    y = ref(x)
+    i2, i1 = ref.last_levels
+    assert ref.last_refined.tolist() == [False, False, True]  # the guard overrides "leave it"
+    assert int(i2[2]) >= 25 and int(i1[2]) >= 25 and (i2[:2] < 25).all()
+    assert y[:2].flatten().tolist() == [1.0, 1.0]  # left alone
+    assert abs(y[2].item() - 1.0) < 0.15  # re-noised at level 25 and sampled from x_t | x_{t-1} (std 0.05)
+    with pytest.raises(ValueError, match="one level per sample"):
+        SNSRefiner(orc, sch, surrogate, state_guard=lambda u: torch.zeros(2, dtype=torch.long))(x)
+    with pytest.raises(TypeError, match="state_guard must be callable"):
+        SNSRefiner(orc, sch, surrogate, state_guard=3)

@@ -2,24 +2,28 @@
 
 Stages, each a library call with plain arguments, all under ``out_dir``:
 
-1. **data**: a Kolmogorov-flow data set of the ``cpu`` preset, shortened
+1. **data**: the ``cpu`` preset of ``system`` (default: two-scale Lorenz-96 observed through its
+   slow variables, in the regime where the next slow state is uncertain given the current one)
    (:func:`sns.data.generate.generate_dataset`; reused when it already exists);
-2. **surrogate**: the residual U-Net trained for ``train.surrogate.max_time``
-   (``sns-train experiment=kolmogorov_cpu``, :func:`sns.cli.train.train`);
-3. **denoiser**: the blind SNS pair denoiser trained for ``train.denoiser.max_time``;
+2. **surrogate**: ``sns-train experiment=<experiment> task=surrogate`` (:func:`sns.cli.train.train`)
+   for ``train.surrogate.max_steps`` optimizer steps (``max_time``: a wall-clock cap, or the
+   budget itself where ``max_steps`` is null, as in ``demo_kolmogorov``);
+3. **denoiser**: the SNS pair denoiser, likewise;
 4. **rollouts** from the same initial conditions (frame 0 of the test trajectories): first the
-   SNS-refined surrogate for up to ``rollout.n_steps`` steps within ``rollout.max_wall_time``
-   seconds, then the bare surrogate for ``rollout.surrogate_steps`` steps (default: as many
-   as the refined run reached) (:func:`sns.cli.rollout.run_rollout`);
-5. **evaluation** against the test split (:func:`sns.cli.evaluate.evaluate`): a metrics table
+   SNS-refined surrogate for ``rollout.n_steps`` steps (``rollout.max_wall_time``: a safety cap),
+   then the bare surrogate for ``rollout.surrogate_steps`` steps (default: as many as the refined
+   run reached) (:func:`sns.cli.rollout.run_rollout`);
+5. **evaluation** against the test split (:func:`sns.cli.evaluate.evaluate`), with the
+   ``floor_split`` data split as a row of its own (the sampling floor): a metrics table
    (markdown, CSV, JSON) and figures in ``out_dir/report``.
 
 Every stage is resumable: training continues from ``last.ckpt``, rollouts from their stores
-(delete ``out_dir`` to start over).  Sizes and budgets are the config's; the defaults fit
-15 minutes on a 2-core CPU.  Example::
+(delete ``out_dir`` to start over).  With step budgets the result is deterministic for a seed.
+Example::
 
     sns-demo                                            # defaults
-    sns-demo train.denoiser.max_time=00:00:20:00 rollout.n_steps=5000 out_dir=outputs/demo-long
+    sns-demo seed=1 out_dir=outputs/demo-seed1
+    sns-demo --config-name demo_kolmogorov              # the pipeline on Kolmogorov flow
 """
 
 from __future__ import annotations
@@ -64,9 +68,16 @@ def _train(cfg: DictConfig, task: str, root: Path, data_root: Path) -> Path:
     if file.exists():
         log.info("%s: reusing %s", task, file)
         return file
+    max_steps, max_time = spec.get("max_steps"), spec.get("max_time")
+    if max_steps is None and max_time is None:
+        raise ValueError(f"train.{task}: give max_steps (optimizer steps) or max_time (DD:HH:MM:SS)")
+    if max_steps is not None and (not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1):
+        raise ValueError(f"train.{task}.max_steps must be a positive integer, got {max_steps!r}")
     overrides = [f"experiment={cfg.experiment}", f"task={task}", f"preset={cfg.preset}", f"seed={cfg.seed}",
                  f"paths.data_dir={data_root}", f"paths.run_dir={run}", f"paths.output_dir={run}",
-                 f"torch_threads={cfg.num_threads}", f"trainer.max_time={spec.max_time}", "trainer.max_epochs=100000",
+                 f"torch_threads={cfg.num_threads}", "trainer.max_epochs=100000",
+                 f"trainer.max_steps={max_steps if max_steps is not None else -1}",
+                 f"trainer.max_time={max_time if max_time is not None else 'null'}",
                  "trainer.enable_progress_bar=false", *spec.overrides]
     train_cfg = _compose("train", overrides)
     t0 = time.perf_counter()
@@ -125,8 +136,10 @@ def run_demo(cfg: DictConfig) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     e = cfg.evaluate
-    report = evaluate(data_dir / "test.zarr", {k: stores[k] for k in ("surrogate", "SNS")}, root / "report",
-                      **OmegaConf.to_container(e, resolve=True))
+    rollouts = {k: stores[k] for k in ("surrogate", "SNS")}
+    if cfg.get("floor_split"):
+        rollouts = {f"{cfg.floor_split} split (floor)": data_dir / f"{cfg.floor_split}.zarr", **rollouts}
+    report = evaluate(data_dir / "test.zarr", rollouts, root / "report", **OmegaConf.to_container(e, resolve=True))
     timings["evaluate"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_all
     print("\nsns-demo timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))

@@ -27,14 +27,17 @@ Metrics (one row per method; the reference's own row where meaningful), all in p
   ``<w^2>/2`` over the reference's), and ``t_corr_<c>``: steps until the Pearson correlation
   with the reference trajectory from the same initial condition falls below ``c`` (only when the
   rollout records its source: attrs ``split`` = the reference split's name and ``start_frame``);
-* vector states: ``w1_mean`` (per-coordinate Wasserstein-1 of the invariant measures, mean over
-  coordinates), ``std_ratio`` (mean over coordinates), ``acf_err`` (max |autocorrelation error|
-  over lags <= ``max_lag``).
+* vector states: ``w1_mean`` / ``w1_max`` (per-coordinate Wasserstein-1 of the invariant measures,
+  mean / max over coordinates), ``std_ratio`` (mean over coordinates), ``incr_w1`` (W1 of the
+  one-frame increments pooled over coordinates: the short-time dynamics, which a deterministic
+  surrogate of an uncertain system gets too smooth), ``incr_rms_ratio`` (their RMS over the
+  reference's), ``acf_err`` (max |autocorrelation error| over lags <= ``max_lag``, the
+  autocorrelation of the first ``acf_steps`` states after ``burn``).
 
 Statistics of the invariant measure (spectra, enstrophy, W1) use the states after ``burn``
 steps.  Figures (PNG): snapshots side by side (fields), time-mean spectra, spectra at chosen
 steps, C(tau), C(|r|, tau) at three lags, R(t), Pearson correlation vs time, enstrophy vs time; vector systems:
-marginal histograms, autocorrelation, R(t).
+marginal histograms, the histogram of one-frame increments, autocorrelation, R(t).
 """
 
 from __future__ import annotations
@@ -92,6 +95,10 @@ class Source:
             sc = np.asarray(self.attrs["norm_scale"], dtype=np.float64)
         else:
             off, sc = np.zeros(C), np.ones(C)
+        if off.size not in (1, C) or sc.size not in (1, C):
+            raise ValueError(f"{self.path}: norm_offset / norm_scale have {off.size} / {sc.size} entries, expected "
+                             f"1 or {C} (one per channel or coordinate)")
+        off, sc = np.broadcast_to(off.reshape(-1), (C,)), np.broadcast_to(sc.reshape(-1), (C,))  # one for all
         shape = (1, 1, C, 1, 1) if self.field else (1, 1, C)
         self.offset, self.scale = off.reshape(shape), sc.reshape(shape)
         self.dt = None
@@ -158,26 +165,33 @@ def _field_stats(src: Source, burn: int, chunk: int, corr_steps: int, max_lag: i
             "r": r, "corr_r": prof}
 
 
-def _vector_stats(src: Source, burn: int, chunk: int, max_lag: int, max_samples: int) -> dict[str, Any]:
+def _vector_stats(src: Source, burn: int, chunk: int, max_lag: int, max_samples: int,
+                  acf_steps: int) -> dict[str, Any]:
     from sns.metrics import autocorrelation, rate_of_change
 
     start = burn if src.n_time > burn + 1 else 0
     B = src.array.shape[0]
     stride = max(1, (B * (src.n_time - start)) // max_samples)
-    samples, rate, prev = [], [], None
+    samples, incs, rate, prev = [], [], [], None
     for a, x in src.chunks(0, chunk):
         frames = x if prev is None else np.concatenate([prev, x], axis=1)
         if src.dt and frames.shape[1] > 1:
             rate.append(rate_of_change(frames, src.dt, time_axis=1).mean(0))
-        prev = x[:, -1:]
         idx = np.arange(x.shape[1]) + a
         sel = (idx >= start) & ((idx - start) % stride == 0)
         samples.append(x[:, sel].reshape(-1, x.shape[-1]))
-    head = src.read(0, min(20 * max_lag + 1, src.n_time))
+        if frames.shape[1] > 1:  # one-frame increments ending at the selected steps
+            d = np.diff(frames, axis=1)
+            ends = idx[-d.shape[1]:]
+            keep = (ends > start) & ((ends - start) % stride == 0)
+            incs.append(d[:, keep].reshape(-1))
+        prev = x[:, -1:]
+    n_acf = min(acf_steps, src.n_time - start)
+    head = src.read(start, start + n_acf) if n_acf > 1 else src.read(0, min(2, src.n_time))
     lag = min(max_lag, head.shape[1] - 1)
     acf = autocorrelation(head, lag, time_axis=1) if lag >= 1 else np.ones((1, head.shape[-1]))
     return {"samples": np.concatenate(samples), "rate": np.concatenate(rate) if rate else np.zeros(0),
-            "acf": acf, "stride": stride}
+            "increments": np.concatenate(incs) if incs else np.zeros(0), "acf": acf, "stride": stride}
 
 
 def _pearson(src: Source, ref: Source, chunk: int) -> np.ndarray | None:
@@ -227,6 +241,7 @@ def evaluate(
     spectrum_steps: Sequence[int] | None = None,
     thresholds: Sequence[float] = (0.8, 0.9, 0.95),
     max_samples: int = 200_000,
+    acf_steps: int = 5000,
 ) -> dict[str, Any]:
     """Write the report of ``rollouts`` (``{method: store}``) against ``reference`` to ``out_dir``.
 
@@ -327,22 +342,34 @@ def evaluate(
                        "Pearson correlation", "correlation with the reference trajectory", hlines=thresholds,
                        path=figures[-1])
     else:
-        stats = {REFERENCE: _vector_stats(ref, 0, chunk, max_lag, max_samples)}
+        stats = {REFERENCE: _vector_stats(ref, 0, chunk, max_lag, max_samples, acf_steps)}
         for name, s in srcs.items():
-            stats[name] = _vector_stats(s, burn, chunk, max_lag, max_samples)
+            stats[name] = _vector_stats(s, burn, chunk, max_lag, max_samples, acf_steps)
         rs = stats[REFERENCE]
         for name in [REFERENCE, *srcs]:
             st = stats[name]
             row = {"method": name}
             row.update(_rollout_info(srcs[name]) if name != REFERENCE else {"status": "-", "steps": ref.n_time - 1})
             if name != REFERENCE and len(st["samples"]):
-                row["w1_mean"] = float(np.mean(wasserstein1_per_coordinate(st["samples"], rs["samples"])))
+                w1 = np.asarray(wasserstein1_per_coordinate(st["samples"], rs["samples"]))
+                row["w1_mean"], row["w1_max"] = float(np.mean(w1)), float(np.max(w1))
+                if len(st["increments"]) and len(rs["increments"]):
+                    from scipy.stats import wasserstein_distance
+
+                    row["incr_w1"] = float(wasserstein_distance(st["increments"], rs["increments"]))
+                    row["incr_rms_ratio"] = float(np.sqrt(np.mean(st["increments"] ** 2)
+                                                          / np.mean(rs["increments"] ** 2)))
                 row["std_ratio"] = float(np.mean(st["samples"].std(0) / rs["samples"].std(0)))
                 lag = min(len(st["acf"]), len(rs["acf"]))
                 row["acf_err"] = float(np.nanmax(np.abs(st["acf"][:lag] - rs["acf"][:lag])))
             rows.append(row)
         figures.append(out / "marginals.png")
         plot_marginals({n: st["samples"] for n, st in stats.items()}, path=figures[-1])
+        if any(len(st["increments"]) for st in stats.values()):
+            figures.append(out / "increments.png")
+            plot_marginals({n: st["increments"][:, None] for n, st in stats.items() if len(st["increments"])},
+                           title="one-frame increments (pooled over coordinates)", path=figures[-1],
+                           xlabel="x(t + 1) - x(t)")
         figures.append(out / "autocorrelation.png")
         plot_lines(np.arange(max_lag + 1) * dt, {n: st["acf"].mean(-1) for n, st in stats.items()},
                    "lag (time units)", "autocorrelation (mean over coordinates)", "autocorrelation",
