@@ -10,22 +10,29 @@ What it does:
 2. defines a *user surrogate*: a deliberately damped Lorenz-63 step
    ``F(x) = m + (1 - damping) (Phi(x) - m)`` (``Phi`` the exact step, ``m`` the data mean),
    which on its own collapses onto the mean;
-3. trains a blind :class:`~sns.nets.mlp.MLPPairDenoiser` briefly on normalised pairs
-   (or loads its state dict from ``--denoiser``; ``--save`` writes it);
-4. wraps the surrogate in :class:`~sns.refine.SNSRefiner` (fixed levels by default, the
-   best setting on Lorenz-63 in DESIGN.md section 5; ``--estimate-levels`` uses the heads)
-   and rolls both out with :func:`sns.rollout.rollout`, streamed to ``--store`` if given;
+3. trains a blind :class:`~sns.nets.mlp.MLPPairDenoiser` briefly on normalised pairs and
+   exports it with :func:`sns.export.save_model` (schedule and normalisation in the file's
+   metadata, as ``sns-train task=denoiser`` writes them; to ``--save``, or a temporary file),
+   or uses the exported file ``--denoiser`` (e.g. ``sns-train task=denoiser`` on Lorenz-63);
+4. wraps the surrogate, which maps *physical* states, with
+   ``SNSRefiner.from_file(file, surrogate, units="physical")``: the refiner reads the
+   schedule and the normalisation from the file (fixed levels by default, the best setting
+   on Lorenz-63 in DESIGN.md section 5; ``--estimate-levels`` uses the heads), and rolls both
+   out with :func:`sns.rollout.rollout`, streamed to ``--store`` if given;
 5. prints the spread of z (truth ~ 8.6) and the denoiser calls per step.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from sns.diffusion import cosine_schedule, pair_dsm_loss
+from sns.export import save_model
 from sns.nets.mlp import MLPPairDenoiser
 from sns.refine import SNSRefiner
 from sns.rollout import rollout
@@ -80,8 +87,9 @@ def main() -> None:
     p.add_argument("--levels", type=int, default=50, help="S, number of noise levels")
     p.add_argument("--width", type=int, default=128)
     p.add_argument("--train-steps", type=int, default=800)
-    p.add_argument("--denoiser", default=None, help="load the denoiser's state dict from this file")
-    p.add_argument("--save", default=None, help="save the trained denoiser's state dict here")
+    p.add_argument("--denoiser", default=None,
+                   help="use this exported denoiser (.safetensors: --save, or sns-train task=denoiser) instead of training")
+    p.add_argument("--save", default=None, help="export the trained denoiser here (.safetensors)")
     p.add_argument("--damping", type=float, default=0.05)
     p.add_argument("--steps", type=int, default=2000, help="rollout steps")
     p.add_argument("--batch", type=int, default=4, help="trajectories rolled out together")
@@ -98,27 +106,30 @@ def main() -> None:
     z = (data - mean) / std
     xp, xn = z[:, :-1].reshape(-1, 3), z[:, 1:].reshape(-1, 3)
 
-    net = MLPPairDenoiser(3, args.levels, width=args.width)
-    if args.denoiser:
-        net.load_state_dict(torch.load(args.denoiser, weights_only=True))
-    else:
+    tmp = tempfile.TemporaryDirectory()
+    denoiser_file = args.denoiser
+    if denoiser_file is None:
+        spec = {"kind": "mlp_pair", "kwargs": {"dim": 3, "n_levels": args.levels, "width": args.width}}
+        net = MLPPairDenoiser(**spec["kwargs"])
         t0 = time.time()
         train(net, xp, xn, args.train_steps, args.seed)
         print(f"trained in {time.time() - t0:.1f} s")
+        # the metadata sns-train writes: what the refiner needs to rebuild and normalise
+        extra = {"task": "denoiser", "method": "sns",
+                 "schedule": {"name": "cosine", "n_levels": args.levels, "kwargs": {}},
+                 "data": {"system": "lorenz63", "norm_offset": mean.tolist(), "norm_scale": std.tolist()}}
+        denoiser_file = save_model(net.eval(), spec, args.save or Path(tmp.name) / "denoiser.safetensors", extra)
         if args.save:
-            torch.save(net.state_dict(), args.save)
-    net.eval()
+            print(f"exported the denoiser to {denoiser_file}")
 
-    surrogate = DampedLorenz(mean, args.damping)
-    refiner = SNSRefiner(
-        net,
-        cosine_schedule(args.levels),
+    surrogate = DampedLorenz(mean, args.damping)  # maps physical Lorenz-63 states
+    refiner = SNSRefiner.from_file(
+        denoiser_file,
         surrogate,
+        units="physical",  # shift/scale: the normalisation recorded in the file
         fixed_levels=None if args.estimate_levels else tuple(args.fixed_levels),
         proposal_sigma=args.proposal_sigma,
         clamp=5.0,
-        shift=mean,
-        scale=std,
     )
     x0 = data[: args.batch, -1]
     for name, stepper, store in (("surrogate alone", surrogate, None), ("SNS-refined", refiner, args.store)):

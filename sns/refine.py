@@ -24,6 +24,7 @@ surrogate and with the generic rollout.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
@@ -297,6 +298,95 @@ class SNSRefiner(nn.Module):
         self.last_refined: Tensor | None = None
         self.n_steps = 0
         self.total_calls = 0
+
+    #: ``units`` of :meth:`from_file`: what the surrogate and the states are measured in.
+    UNITS = ("normalised", "physical")
+
+    @classmethod
+    def from_file(
+        cls,
+        denoiser_path: str | os.PathLike,
+        surrogate: nn.Module | Callable[[Tensor], Tensor] | None = None,
+        *,
+        units: str = "normalised",
+        device: str | torch.device = "cpu",
+        **options,
+    ) -> SNSRefiner:
+        """The refiner of an exported SNS pair denoiser file (``sns-train task=denoiser``, or
+        :func:`sns.export.save_model`), its schedule and normalisation read from the file.
+
+        Args:
+            denoiser_path: the ``.safetensors`` file; its metadata must say ``task="denoiser"``
+                and ``method="sns"`` (files written before the baselines existed record no
+                method and are SNS).  The network and the schedule are rebuilt from it alone
+                (:func:`sns.export.load_model`, :func:`sns.export.load_schedule`).
+            surrogate: as for :class:`SNSRefiner` (``None``: generate from noise).
+            units: what the surrogate maps and the refined states are measured in:
+
+                * ``"normalised"``: the denoiser's own units, ``(x - norm_offset) / norm_scale``
+                  of its training data (``shift=0, scale=1``), e.g. a surrogate trained by
+                  ``sns-train`` on the same data set;
+                * ``"physical"``: the data's units; ``shift``/``scale`` are the file's
+                  ``norm_offset``/``norm_scale`` (shaped ``(C, 1, 1)`` for fields, ``(D,)`` or
+                  ``(1,)`` for vectors), so the denoiser sees normalised states and the refiner
+                  returns physical ones.  A file without the normalisation is refused.
+            device: where the denoiser (and the refiner, with a surrogate module) is put.
+            **options: the other :class:`SNSRefiner` arguments (``path``, ``proposal_sigma``,
+                ``skip_threshold``, ``fixed_levels``, ``clamp``, ``n_moves``, ``eta``,
+                ``couple_levels``, ``state_guard``); ``proposal_sigma`` and ``clamp`` stay in
+                normalised units whatever ``units`` is.  ``shift``/``scale`` come from ``units``.
+
+        Raises ``ValueError`` naming the file for a file that is not an SNS denoiser, an unknown
+        ``units``, or ``units="physical"`` without (or with malformed) normalisation metadata;
+        ``TypeError`` for ``shift``/``scale`` in ``options``.
+        """
+        from sns.export import load_model, load_schedule
+
+        if units not in cls.UNITS:
+            raise ValueError(f"units must be one of {cls.UNITS}, got {units!r}")
+        clash = sorted({"shift", "scale", "denoiser", "schedule"} & set(options))
+        if clash:
+            raise TypeError(f"from_file sets {', '.join(clash)} itself (from the file and units=); "
+                            "build SNSRefiner(...) directly to choose them")
+        model, extra = load_model(denoiser_path, device)
+        task, method = extra.get("task"), extra.get("method", "sns")
+        if task != "denoiser" or method != "sns":
+            raise ValueError(f"{denoiser_path} holds a model with task={task!r}, method={method!r}; SNSRefiner "
+                             "needs an SNS pair denoiser (task='denoiser', method='sns'): "
+                             "sns-train task=denoiser (baselines roll out with sns-rollout)")
+        if not isinstance(model, PairDenoiser):
+            raise ValueError(f"{denoiser_path} holds a {type(model).__name__}, not a pair denoiser")  # noqa: TRY004 - a bad file
+        shift: float | Tensor = 0.0
+        scale: float | Tensor = 1.0
+        if units == "physical":
+            data = extra.get("data") or {}
+            norm = {k: data.get(k, extra.get(k)) for k in ("norm_offset", "norm_scale")}
+            missing = [k for k, v in norm.items() if v is None]
+            if missing:
+                raise ValueError(f"{denoiser_path} records no data normalisation ({' and '.join(missing)} missing "
+                                 "from its metadata), so units='physical' cannot be honoured: use "
+                                 "units='normalised' with a surrogate on the denoiser's normalised states")
+            state = tuple(model.state_shape)
+            c = state[0]  # channels (fields (C, H, W)) or coordinates (vectors (D,))
+            shaped = []
+            for key, value in norm.items():
+                try:
+                    t = torch.as_tensor(value, dtype=torch.float32).flatten()
+                except (TypeError, ValueError, RuntimeError):
+                    raise ValueError(f"{denoiser_path}: {key}={value!r} is not a number or a list of numbers") from None
+                if t.numel() not in (1, c) or not bool(torch.isfinite(t).all()):
+                    raise ValueError(f"{denoiser_path}: {key} has {t.numel()} entries {t.tolist()}, expected 1 or "
+                                     f"{c} finite values (one per channel or coordinate of states {state})")
+                shaped.append(t.reshape(-1, *([1] * (len(state) - 1))).to(device))
+            shift, scale = shaped
+            if not bool((scale > 0).all()):
+                raise ValueError(f"{denoiser_path}: norm_scale must be positive, got {scale.flatten().tolist()}")
+        try:
+            schedule = load_schedule(extra)
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{denoiser_path}: cannot rebuild the noise schedule: {err}") from None
+        refiner = cls(model, schedule, surrogate=surrogate, shift=shift, scale=scale, **options)
+        return refiner.to(device)
 
     @property
     def calls_per_step(self) -> float:

@@ -6,6 +6,7 @@ summing to the divergence -(sigma + 1 + beta) = -13.667 (Liouville).
 """
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -136,7 +137,9 @@ def test_correlation_dimension_errors():
 def test_lyapunov_rosenstein_lorenz_x(lorenz):
     """From the scalar x alone (MI delay + FNN dimension): within 10% of 0.906 (measured 0.909;
     0.86-0.92 over 6 seeds)."""
-    lam = chaos.lyapunov_rosenstein(lorenz[:, 0], DT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a well-posed fit: no fit-range warning
+        lam = chaos.lyapunov_rosenstein(lorenz[:, 0], DT)
     assert abs(lam - LAMBDA1_REF) < 0.1 * LAMBDA1_REF
 
 
@@ -145,9 +148,29 @@ def test_lyapunov_rosenstein_lorenz_state(lorenz):
     curve = chaos.rosenstein_divergence(lorenz, DT)
     assert curve["theiler"] * DT == pytest.approx(1.3, abs=0.3)  # mean period of x, MTU
     assert curve["logd"][-1] > curve["logd"][0] + 3.5  # grows by e^4 before saturating
-    lam = chaos.lyapunov_rosenstein(lorenz, DT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        lam = chaos.lyapunov_rosenstein(lorenz, DT)
     assert abs(lam - LAMBDA1_REF) < 0.15 * LAMBDA1_REF
     assert lam > 0.8 * LAMBDA1_REF
+
+
+def test_lyapunov_rosenstein_warns_without_a_linear_range(lorenz):
+    """issue 17: a 60-sample (1.2 MTU) horizon never reaches the plateau, so the default window
+    sits in the initial transient and reads ~2.1 instead of 0.9: it must say so."""
+    x = lorenz[:6000, 0]
+    with pytest.warns(RuntimeWarning, match="not reached its plateau") as rec:
+        lam = chaos.lyapunov_rosenstein(x, DT, dim=3, delay=8, theiler=50, horizon=60)
+    assert isinstance(lam, float) and lam > 1.5  # still returned (measured 2.08)
+    msg = str(rec[0].message)
+    assert "longer horizon" in msg and "fit=(k0, k1)" in msg and "horizon=None" in msg
+    with warnings.catch_warnings():  # the same series with the default horizon: a linear range, no warning
+        warnings.simplefilter("error", RuntimeWarning)
+        lam = chaos.lyapunov_rosenstein(x, DT, dim=3, delay=8, theiler=50)
+    assert abs(lam - LAMBDA1_REF) < 0.1 * LAMBDA1_REF
+    # an explicit window that runs into the saturation bend: the local slope is not constant
+    with pytest.warns(RuntimeWarning, match="local slope is not constant"):
+        chaos.lyapunov_rosenstein(x, DT, dim=3, delay=8, theiler=50, fit=(25, 350))
 
 
 def test_lyapunov_rosenstein_errors(lorenz):
