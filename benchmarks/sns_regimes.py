@@ -294,7 +294,7 @@ def main() -> None:
                 r["w1"].append(w.tolist()), r["acf"].append(aerr), r["stable"].append(stable), r["inc"].append(inc)
                 r["calls"].append(res.calls_mean), r["status"].append(res.status)
                 print(f"seed {seed} {which} | {name}: {res.status} {stable} steps, W1 {np.round(w, 3)}, "
-                      f"calls {res.calls_mean:.2f}, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+                      f"calls {float(res.calls_mean or 'nan'):.2f}, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
                 seed_results[f"{which} | {name}"] = {f: v[-1:] for f, v in r.items()}
                 seed_file.write_text(json.dumps({"results": seed_results,  # after every rollout
                                                  "diag": {k: v[-1:] for k, v in diag.items()}}))
