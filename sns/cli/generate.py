@@ -8,7 +8,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from sns.cli import CONFIG_PATH
+from sns.cli import CONFIG_PATH, check_cuda, check_numbers
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="generate")
@@ -16,10 +16,11 @@ def main(cfg: DictConfig) -> None:
     from sns.data.generate import GenerationLocked, generate_dataset
     from sns.data.io import summary
 
-    if cfg.get("num_threads"):
-        torch.set_num_threads(int(cfg.num_threads))
-
     try:
+        check_numbers(cfg, ints=("seed", "batch_size", "num_threads", "shard.index", "shard.count"))
+        check_cuda("device", cfg.device)
+        if cfg.get("num_threads"):
+            torch.set_num_threads(int(cfg.num_threads))
         out = generate_dataset(
             system=cfg.system.name,
             preset=cfg.preset,

@@ -21,7 +21,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from sns.cli import CONFIG_PATH
+from sns.cli import CONFIG_PATH, check_cuda, check_numbers
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +163,9 @@ def run_rollout(cfg: DictConfig) -> Any:
     from sns.data.windows import WindowDataset
     from sns.rollout import rollout, state_rms
 
+    check_numbers(cfg, ints=("seed", "n_steps", "trajectories", "start_frame", "chunk", "torch_threads"),
+                  floats=("blowup_factor", "max_wall_time", "gaussian.sigma"))
+    check_cuda("device", cfg.device)
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
     device = torch.device(cfg.device)

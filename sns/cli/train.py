@@ -33,7 +33,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from sns.cli import CONFIG_PATH
+from sns.cli import CONFIG_PATH, check_cuda, check_numbers
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,40 @@ def _instantiate_group(group: DictConfig | None, what: str) -> list[Any]:
     if not isinstance(group, DictConfig):
         raise ValueError(f"the {what} config must be a mapping of name -> config, got {type(group).__name__}")
     return [instantiate(c) for _, c in group.items() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+TRAINER_INTS = ("max_epochs", "min_epochs", "max_steps", "min_steps", "num_nodes", "check_val_every_n_epoch",
+                "num_sanity_val_steps", "log_every_n_steps", "accumulate_grad_batches")
+TRAINER_FLOATS = ("limit_train_batches", "limit_val_batches", "val_check_interval", "gradient_clip_val")
+OPTIMIZER_FLOATS = ("lr", "weight_decay", "eps", "momentum")
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """Refuse non-numeric trainer / optimizer / seed settings and a GPU accelerator without a
+    CUDA device before anything is built or written, naming the key (issue 16)."""
+    opt = f"model.{cfg.task}.module.optimizer"
+    check_numbers(cfg, ints=("seed", "torch_threads", *(f"trainer.{k}" for k in TRAINER_INTS)),
+                  floats=(*(f"trainer.{k}" for k in TRAINER_FLOATS), *(f"{opt}.{k}" for k in OPTIMIZER_FLOATS)))
+    check_cuda("trainer.accelerator", cfg.trainer.get("accelerator"))
+
+
+def _new_log_dirs(loggers: list[Any]) -> list[Path]:
+    """The log directories of ``loggers`` that do not exist yet (this run creates them)."""
+    dirs = [Path(d) for lg in loggers if (d := getattr(lg, "log_dir", None))]
+    return [d for d in dirs if not d.exists()]
+
+
+def _remove_new_log_dirs(dirs: list[Path], output_dir: Path) -> None:
+    """Remove the log directories a failed run created, and their parents below ``output_dir``
+    left empty."""
+    import shutil
+
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
+        parent = d.parent
+        while parent != output_dir and output_dir in parent.parents and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | None:
@@ -79,19 +113,18 @@ def data_metadata(data_dir: str | Path) -> dict[str, Any]:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Train the module of ``cfg.task``; return the final callback metrics (floats)."""
+    """Train the module of ``cfg.task``; return the final callback metrics (floats).
+
+    The settings are checked before anything is built (:func:`check_settings`); a run that fails
+    before writing a checkpoint removes the log directories it created."""
     import lightning.pytorch as pl
     import torch
     from hydra.utils import instantiate
-    from lightning.pytorch.callbacks import LearningRateMonitor
-
-    from sns.export import save_model
-    from sns.training.callbacks import Throughput, averaged_model
-    from sns.training.checkpoint_io import AtomicCheckpointIO
 
     tasks = [k for k, v in cfg.model.items() if isinstance(v, DictConfig) and "module" in v]
     if cfg.task not in tasks:
         raise ValueError(f"unknown task {cfg.task!r} for this model config; valid choices: {tasks}")
+    check_settings(cfg)
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
     pl.seed_everything(int(cfg.seed), workers=True)
@@ -101,6 +134,32 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module = instantiate(cfg.model[cfg.task].module, _convert_="all")
     callbacks = _instantiate_group(cfg.get("callbacks"), "callbacks")
     loggers = _instantiate_group(cfg.get("logger"), "logger")
+    new_logs, ckpts = _new_log_dirs(loggers), _checkpoints(output_dir)
+    try:
+        return _fit(cfg, datamodule, module, callbacks, loggers, output_dir)
+    except BaseException:
+        if _checkpoints(output_dir) == ckpts:  # no checkpoint written: leave no log version behind
+            _remove_new_log_dirs(new_logs, output_dir)
+        raise
+
+
+def _checkpoints(output_dir: Path) -> dict[str, int]:
+    """Name -> mtime of the checkpoints in ``output_dir``."""
+    d = output_dir / "checkpoints"
+    return {p.name: p.stat().st_mtime_ns for p in d.glob("*.ckpt")} if d.is_dir() else {}
+
+
+def _fit(cfg: DictConfig, datamodule: Any, module: Any, callbacks: list[Any], loggers: list[Any],
+         output_dir: Path) -> dict[str, float]:
+    import lightning.pytorch as pl
+    import torch
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    from sns.export import save_model
+    from sns.training.callbacks import Throughput, averaged_model
+    from sns.training.checkpoint_io import AtomicCheckpointIO
+
     if not loggers:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     progress = cfg.trainer.get("enable_progress_bar")

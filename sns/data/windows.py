@@ -51,6 +51,9 @@ class WindowDataset(Dataset):
         shape = root[self.variable].shape  # metadata only
         self.n_traj_total, self.n_time = shape[0], shape[1]
         self.traj_index = np.arange(self.n_traj_total)[trajectories or slice(None)]
+        if len(self.traj_index) == 0:
+            which = "" if trajectories is None else f" (selection {trajectories} of {self.n_traj_total})"
+            raise ValueError(f"split {self.path.stem!r} of {self.path} has no trajectories{which}")
         if self.n_time < self.window:
             raise ValueError(f"{self.path}: {self.n_time} frames < window {self.window}")
         self.per_traj = (self.n_time - self.window) // self.stride + 1
