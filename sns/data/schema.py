@@ -104,6 +104,14 @@ SYSTEM_LAYOUT: dict[str, dict] = {
         "space_units": "1",
         "time_units": "ms",
     },
+    "henon_heiles": {
+        "variable": "state",
+        "dims": (DIM,),
+        "units": "1",
+        "long_name": "Henon-Heiles state (x, y, px, py): positions and momenta (unit mass)",
+        "space_units": "1",
+        "time_units": "1",
+    },
 }
 
 

@@ -19,6 +19,7 @@ SYSTEMS: dict[str, tuple[str, str, str]] = {
     "lorenz96": ("sns.systems.lorenz", "Lorenz96", "PRESETS_LORENZ96"),
     "lorenz96_two_scale": ("sns.systems.lorenz96_two_scale", "Lorenz96TwoScale", "PRESETS_LORENZ96_TWO_SCALE"),
     "hodgkin_huxley": ("sns.systems.hodgkin_huxley", "HodgkinHuxley", "PRESETS_HODGKIN_HUXLEY"),
+    "henon_heiles": ("sns.systems.henon_heiles", "HenonHeiles", "PRESETS_HENON_HEILES"),
 }
 
 
