@@ -12,6 +12,7 @@ from sns.systems.kolmogorov import PARAM_UNITS, PRESETS, KolmogorovFlow
 from sns.systems.spectral import (
     block_average,
     dealias_mask,
+    derivative_operators,
     resample_spectral,
     velocity_from_vorticity,
     vorticity_from_velocity,
@@ -53,6 +54,63 @@ def test_single_fourier_mode_decays_exactly(dealias: str) -> None:
     assert rel < 1e-6, rel
     # ... and not at some other rate: a 1% error in the rate would be visible.
     assert (u0[0] * math.exp(-1.01 * (nu * 13 + drag) * t) - u[0]).abs().amax() > 1e-5
+
+
+@pytest.mark.parametrize("dealias", ["symmetric", "jaxcfd"])
+def test_modes_outside_the_mask_are_evolved_not_dropped(dealias: str) -> None:
+    """The mask acts on the nonlinear term only (issue 16): unresolved modes decay at their rate.
+
+    Fails where ``step`` projects its input onto the mask (the mode would vanish).
+    """
+    nu, drag, dt, steps = 0.02, 0.1, 1e-3, 200
+    system = KolmogorovFlow(
+        n=16, viscosity=nu, drag=drag, dt=dt, forcing_amplitude=0.0, dealias=dealias, dtype=F64
+    )
+    y, x = grid(16)
+    u0 = torch.stack([torch.cos(7 * x - 2 * y + 0.3), torch.sin(3 * x + 6 * y)])
+    outside = (torch.fft.rfft2(u0) * dealias_mask(16, dealias)).abs().amax()
+    assert outside < 1e-12  # both modes are outside the 2/3 mask
+    assert torch.allclose(system.step(u0, 0), u0, rtol=0, atol=1e-14)
+    u = system.step(u0, steps)
+    t = steps * dt
+    expected = torch.stack(
+        [u0[0] * math.exp(-(nu * 53 + drag) * t), u0[1] * math.exp(-(nu * 45 + drag) * t)]
+    )
+    assert (u - expected).abs().amax() / expected.abs().amax() < 1e-6
+    # ... and they feed the nonlinear term: together with a resolved mode they interact
+    forced = KolmogorovFlow(n=16, viscosity=nu, drag=drag, dt=dt, dealias=dealias, dtype=F64)
+    resolved = torch.cos(x + y)[None]
+    both = forced.step(resolved + u0[:1], steps) - forced.step(u0[:1], steps)
+    assert (both - forced.step(resolved, steps)).abs().amax() > 1e-4
+
+
+def test_nyquist_derivatives_follow_jaxcfd() -> None:
+    """Velocity of Nyquist modes as jax-cfd computes it (issue 16; fails where they are zeroed).
+
+    jax-cfd's x-Nyquist is ``k_x = -N/2`` on its full FFT axis, so ``(-1)^i cos(y)``
+    is ``cos(y - N x/2)``; its y-derivative at the y-Nyquist vanishes (``irfftn``
+    keeps the Hermitian part), so ``(-1)^j cos(x)`` has no ``u_x``.
+    """
+    n = 16
+    system = KolmogorovFlow(n=n, reynolds=1e3, dealias="jaxcfd", dtype=F64)
+    y, x = grid(n)
+    sign_x = torch.cos(n / 2 * x).round()  # (-1)^i
+    sign_y = torch.cos(n / 2 * y).round()  # (-1)^j
+    k2 = (n / 2) ** 2 + 1
+    v = system.velocity(torch.stack([sign_x * torch.cos(y), sign_y * torch.cos(x)]))
+    expected_a = torch.stack([-sign_x * torch.sin(y), -(n / 2) * sign_x * torch.sin(y)]) / k2
+    expected_b = torch.stack([torch.zeros_like(x), sign_y * torch.sin(x)]) / k2
+    assert torch.allclose(v[0], expected_a, rtol=0, atol=1e-14)
+    assert torch.allclose(v[1], expected_b, rtol=0, atol=1e-14)
+    # the self-mirror Nyquist modes carry no velocity
+    assert system.velocity(torch.stack([sign_x, sign_y, sign_x * sign_y])).abs().amax() < 1e-14
+    # the operators: -N/2 sign(k_y) on the x-Nyquist column, the usual i k elsewhere
+    ky, kx = derivative_operators(n, nyquist="jaxcfd")
+    assert torch.equal(ky, derivative_operators(n)[0])
+    assert kx.shape == (n, n // 2 + 1) and kx[1, -1] == -n / 2 and kx[0, -1] == kx[n // 2, -1] == 0
+    assert torch.equal(derivative_operators(n)[1][:, :-1].expand(n, -1), kx[:, :-1])
+    with pytest.raises(ValueError, match="Nyquist convention 'bogus'"):
+        derivative_operators(n, nyquist="bogus")
 
 
 def test_laminar_solution_is_an_attracting_fixed_point_at_low_re() -> None:
@@ -119,10 +177,13 @@ def test_divergence_equals_autograd_jacobian_trace(dealias: str) -> None:
     div = system.divergence(u)
     assert div.shape == (1,)
     assert abs(trace - div[0]) / abs(div[0]) < 1e-6
-    # Closed form: each resolved DFT bin (kx, ky) is damped at nu |k|^2 + drag.
+    # Closed form: the solver evolves all n^2 DFT bins, each damped at nu |k|^2 + drag.
+    k = torch.fft.fftfreq(n, d=1 / n, dtype=F64)
+    closed_all = -(nu * 2 * n * (k**2).sum() + drag * n**2)
+    assert abs(div[0] - closed_all) / abs(closed_all) < 1e-12
+    # On the invariant subspace of resolved states only the resolved bins count.
     if dealias == "none":  # all n^2 bins
-        k = torch.fft.fftfreq(n, d=1 / n, dtype=F64)
-        closed = -(nu * 2 * n * (k**2).sum() + drag * n**2)
+        closed = closed_all
     elif dealias == "symmetric":  # |kx|, |ky| <= 5 (3 * 5 < 16)
         k = torch.arange(-5, 6, dtype=F64)
         closed = -(nu * 2 * 11 * (k**2).sum() + drag * 121)
@@ -130,7 +191,14 @@ def test_divergence_equals_autograd_jacobian_trace(dealias: str) -> None:
         half = {(kx, ky) for kx in range(-5, 5) for ky in range(6)}
         resolved = half | {(-kx, -ky) for kx, ky in half}
         closed = -sum(nu * (kx**2 + ky**2) + drag for kx, ky in resolved)
-    assert abs(div[0] - closed) / abs(closed) < 1e-12
+    assert abs(system.resolved_divergence() - closed) / abs(closed) < 1e-12
+    # ... which is the trace of the Jacobian of the projected vector field.
+    jac_r = torch.autograd.functional.jacobian(
+        lambda v: system.project(system.rhs(system.project(v.view(1, n, n)))).flatten(),
+        u.flatten(),
+        vectorize=True,
+    )
+    assert abs(torch.trace(jac_r) - closed) / abs(closed) < 1e-6
     # The observed (coarse) modes: |k_x|, |k_y| < M/2 on an M = 8 grid.
     coarse = KolmogorovFlow(n=n, viscosity=nu, drag=drag, coarse_n=8, dtype=F64)
     kc = torch.arange(-3, 4, dtype=F64)

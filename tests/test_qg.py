@@ -150,7 +150,7 @@ def test_batch_equals_single_runs() -> None:
         assert ((hist.prev[b : b + 1] - h1.prev).abs().max() / h1.prev.abs().max()).item() < 1e-12
 
 
-def test_advance_chunks_equal_one_run_and_step_restarts() -> None:
+def test_advance_chunks_equal_one_run() -> None:
     m = _model(nx=32)
     q = _random_pv(m, batch=2)
     full, _ = m.advance(q, 30)
@@ -160,13 +160,53 @@ def test_advance_chunks_equal_one_run_and_step_restarts() -> None:
         part, hist = m.advance(part, 10, hist)
     scale = full.abs().max().item()
     assert (part - full).abs().max().item() < 1e-12 * scale
-    # `step` restarts with Euler every call: close to, but not the same as, the AB3 run
-    restarted = m.step(m.step(m.step(q, 10), 10), 10)
+    # restarting the history (Euler every chunk) is close to, but not the same as, AB3
+    restarted = m.advance(m.advance(m.advance(q, 10)[0], 10)[0], 10)[0]
     diff = (restarted - full).abs().max().item() / scale
     assert 1e-9 < diff < 1e-2
     # n = 0 is the identity
     same, h = m.advance(q, 0)
     assert same is q and h.prev is None
+
+
+def test_looping_step_is_ab3() -> None:
+    """`u = qg.step(u)` continues the AB3 history (issue 16): it equals one `advance` run.
+
+    Fails where `step` restarts with forward Euler at every call (a first-order loop).
+    """
+    m = _model(nx=32)
+    q = _random_pv(m, batch=2)
+    full, _ = m.advance(q, 30)
+    scale = full.abs().max().item()
+    u = q
+    for _ in range(30):
+        u = m.step(u)
+    assert (u - full).abs().max().item() < 1e-12 * scale
+    # chunks of several steps, and copies of the returned state, continue as well
+    u = m.step(q, 10)
+    u = m.step(u.clone(), 15)
+    u = m.step(u, 0)
+    u = m.step(u, 5)
+    assert (u - full).abs().max().item() < 1e-12 * scale
+    # a new initial condition restarts: the same as a fresh object
+    other = _random_pv(m, batch=2, seed=5)
+    assert not m.continues(other)
+    fresh = _model(nx=32)
+    assert torch.equal(m.step(other, 7), fresh.step(other, 7))
+    # ... so does a returned state modified in place, and anything after reset()
+    u = m.step(q, 10)
+    assert m.continues(u)
+    u += 1e-9 * scale
+    assert not m.continues(u)
+    restarted = m.step(u, 20)
+    assert torch.equal(restarted, _model(nx=32).advance(u, 20)[0])
+    m.reset()
+    assert not m.continues(restarted)
+    # the restarted loop is the first-order-started integrator: measurably off AB3
+    loop_euler = q
+    for _ in range(30):
+        loop_euler = m.advance(loop_euler, 1)[0]
+    assert (loop_euler - full).abs().max().item() > 1e-6 * scale
 
 
 def test_float32_tracks_float64() -> None:

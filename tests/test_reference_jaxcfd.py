@@ -2,10 +2,17 @@
 
 Skipped unless ``jax`` and ``jax_cfd`` are installed (``pip install jax-cfd jax``;
 checked with jax 0.10.2, jax-cfd 0.2.1).  Runs jax in float64.  jax-cfd indexes
-arrays ``(x, y)``; our fields are ``(y, x)``, hence the transposes.
+arrays ``(x, y)``; our fields are ``(y, x)``, hence the transposes.  The default
+suite compares against trajectories jax-cfd made once
+(``tests/test_reference_fixtures.py``); the last test here checks that
+``tests/fixtures/make_reference_fixtures.py`` still makes those files.
 """
 
 from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,3 +75,41 @@ def test_trajectory_matches_jaxcfd_to_roundoff(n: int, reynolds: float, steps: i
     # The symmetric mask is a different (if equally valid) discretisation: not round-off.
     sym = KolmogorovFlow(n=n, reynolds=reynolds, dt=dt, dealias="symmetric", dtype=torch.float64)
     assert np.abs(sym.step(u0, steps).numpy() - ref).max() / scale > 1e3 * max(err, 1e-16)
+
+
+@pytest.mark.parametrize("n, reynolds, steps", [(32, 1e3, 300), (64, 1e4, 1000)])
+def test_unmasked_initial_condition_matches_jaxcfd(n: int, reynolds: float, steps: int) -> None:
+    """jax-cfd's own initial condition (finite-difference curl: content outside the mask and at
+    the Nyquist wavenumber) evolves as in jax-cfd: nothing is trimmed (issue 16)."""
+    jnp = jax.numpy
+    dt, grid = 1e-3, _grid(n)
+    v0 = cfd.initial_conditions.filtered_velocity_field(jax.random.PRNGKey(n), grid, 7.0, 4)
+    w0 = cfd.finite_differences.curl_2d(v0).data[None]  # (1, x, y)
+    equation = spectral.equations.ForcedNavierStokes2D(1.0 / reynolds, grid, smooth=True)
+    step = spectral.time_stepping.crank_nicolson_rk4(equation, dt)
+    run = jax.jit(jax.vmap(cfd.funcutils.repeated(step, steps)))
+    ref = np.asarray(jnp.fft.irfftn(run(jnp.fft.rfftn(w0, axes=(1, 2))), axes=(1, 2)))
+    ref = ref.transpose(0, 2, 1)
+    system = KolmogorovFlow(n=n, reynolds=reynolds, dt=dt, dealias="jaxcfd", dtype=torch.float64)
+    u0 = torch.from_numpy(np.asarray(w0).transpose(0, 2, 1).copy())
+    assert (u0 - system.project(u0)).norm() > 2e-3 * u0.norm()
+    ours = system.step(u0, steps).numpy()
+    err = np.linalg.norm(ours - ref) / np.linalg.norm(ref)
+    print(f"{n}^2, t = {steps * dt}: relative L2 {err:.1e}")
+    assert err < 1e-11, err
+
+
+def test_fixture_script_reproduces_committed_fixture(tmp_path: Path) -> None:
+    """``make_reference_fixtures.py kolmogorov`` makes the committed file (to round-off)."""
+    fixtures = Path(__file__).parent / "fixtures"
+    spec = importlib.util.spec_from_file_location("mrf", fixtures / "make_reference_fixtures.py")
+    mrf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mrf)
+    mrf.make_kolmogorov(tmp_path / "k.npz")
+    with np.load(tmp_path / "k.npz") as new, np.load(fixtures / "jaxcfd_kolmogorov.npz") as old:
+        assert sorted(new.files) == sorted(old.files)
+        assert json.loads(str(new["meta"]))["cases"] == json.loads(str(old["meta"]))["cases"]
+        for key in new.files:
+            if key != "meta":
+                rel = np.linalg.norm(new[key] - old[key]) / np.linalg.norm(old[key])
+                assert rel < 1e-12, (key, rel)

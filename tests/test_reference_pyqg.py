@@ -78,13 +78,35 @@ def test_matches_pyqg_nonlinear_in_chunks(eddying_state: np.ndarray) -> None:
     assert rel < 1e-10
     # the tendencies the history carries equal pyqg's
     assert _rel(hist.prev[0].numpy(), np.asarray(m.dqhdt_p)) < 1e-9
-    # restarting with Euler at each chunk (`step`) is a different integrator:
+    # `step` carries the history too: chained `step` calls equal pyqg's run
+    q_step = torch.from_numpy(eddying_state)[None]
+    for _ in range(3):
+        q_step = sys.step(q_step, 100)
+    assert _rel(q_step[0].numpy(), m.q) < 1e-10
+    # restarting with Euler at each chunk is a different integrator:
     # measurably off pyqg, though by far less than the state itself
     q_restart = torch.from_numpy(eddying_state)[None]
     for _ in range(3):
-        q_restart = sys.step(q_restart, 100)
+        q_restart = sys.advance(q_restart, 100)[0]
     rel_restart = _rel(q_restart[0].numpy(), m.q)
     assert 1e3 * rel < rel_restart < 0.1
+
+
+def test_fixture_script_reproduces_committed_fixture(tmp_path) -> None:
+    """``make_reference_fixtures.py qg`` makes the committed file (to round-off)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    fixtures = Path(__file__).parent / "fixtures"
+    spec = importlib.util.spec_from_file_location("mrf", fixtures / "make_reference_fixtures.py")
+    mrf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mrf)
+    assert mrf.QG_PARAMS == PARAMS
+    mrf.make_qg(tmp_path / "q.npz")
+    with np.load(tmp_path / "q.npz") as new, np.load(fixtures / "pyqg_qg.npz") as old:
+        assert json.loads(str(new["meta"]))["params"] == json.loads(str(old["meta"]))["params"]
+        assert _rel(new["q"], old["q"]) < 1e-12
 
 
 def test_matches_pyqg_diagnostics(eddying_state: np.ndarray) -> None:

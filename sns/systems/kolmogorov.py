@@ -22,15 +22,27 @@ Discretisation (jax-cfd's ``spectral.equations.NavierStokes2D`` +
   :math:`-\mathbf u\cdot\nabla\omega` is evaluated on the grid and multiplied by a
   2/3-rule mask (:func:`sns.systems.spectral.dealias_mask`: ``"jaxcfd"`` reproduces
   jax-cfd's mask exactly, ``"symmetric"`` is the textbook square 2/3 rule);
-* the state lives on the *resolved modes*, the support of the mask (``mask > 0``):
-  ``step``/``rhs`` first project their input onto it.  Nothing ever feeds the other
-  modes (advection is masked, the forcing mode is resolved, the linear part is
-  diagonal), so on resolved states this is exactly jax-cfd's scheme; jax-cfd
-  merely keeps decaying remnants of the initial condition outside the mask.  Our
-  initial conditions are resolved, so trajectories agree with jax-cfd to
-  round-off (``tests/test_reference_jaxcfd.py``).  The projection also keeps
-  those remnants from decaying into subnormal floats, which slowed float32 runs
-  ~10x after t ~ 30 in an unprojected version;
+* the mask applies to the nonlinear term only, as in jax-cfd: ``step`` and ``rhs``
+  evolve the state they are given, all ``N^2`` modes.  Nothing feeds the modes
+  outside the mask's support (advection is masked, the forcing mode is resolved,
+  the linear part is diagonal): content there (e.g. a finite-difference vorticity
+  from jax-cfd's ``filtered_velocity_field``) decays at its linear rate while it
+  still advects and is advected.  The *resolved modes* (``mask > 0``) are an
+  invariant subspace; :meth:`KolmogorovFlow.initial_condition` draws states in it,
+  so the data sets live there.  Mode values below ``finfo.tiny / finfo.eps``
+  (1e-31 in float32, 1e-292 in float64) are flushed to zero after every step, as
+  XLA's flush-to-zero does for jax-cfd: decaying remnants would otherwise become
+  subnormal floats (6.7% of the modes of a float32 64^2 run at t = 60 from a noisy
+  initial condition; subnormals slowed float32 runs ~10x in an earlier version);
+  the flush costs ~3% of a step;
+* spectral derivatives treat the Nyquist modes as jax-cfd does
+  (:func:`sns.systems.spectral.derivative_operators` with ``nyquist="jaxcfd"``);
+  they only matter for states with Nyquist content, which resolved states lack;
+* with ``dealias="jaxcfd"`` trajectories from any initial condition agree with
+  jax-cfd's ``ForcedNavierStokes2D(smooth=True)`` + ``crank_nicolson_rk4`` to
+  round-off: ``tests/test_reference_fixtures.py`` compares against trajectories
+  jax-cfd produced (``tests/fixtures/make_reference_fixtures.py``) on every run,
+  ``tests/test_reference_jaxcfd.py`` against jax-cfd itself when it is installed;
 * implicit (Crank-Nicolson) linear part :math:`L(k) = -(\nu |k|^2 + \mu)`,
   explicit nonlinear part + forcing, combined by the low-storage 5-stage,
   4th-order Runge-Kutta of Carpenter & Kennedy (1994) as in Canuto et al.,
@@ -53,13 +65,15 @@ Phase-space divergence: ``divergence(u)`` is the trace of the Jacobian of
 ``rhs`` with respect to the ``N^2`` grid values.  The advective term is
 traceless -- the diagonal of its Jacobian in Fourier space needs the velocity or
 the gradient of the mean mode, both zero, and a mirror-coupling term
-``b conj(w_k)`` has zero trace as a real 2x2 block -- for any real mask and even
-with aliasing.  Unresolved directions have zero Jacobian (the projection).  So
-the divergence is the constant :math:`\sum_{k\ \mathrm{resolved}} -(\nu|k|^2 + \mu)`,
-summed over the DFT bins in the mask's support (a Hermitian pair ``+-k`` counts as
-its two real degrees of freedom; ``"jaxcfd"``'s half-weighted modes are resolved
-and count fully; ``"none"`` resolves all ``N^2`` bins).
-:meth:`KolmogorovFlow.coarse_divergence` gives the same sum over the observed
+``b conj(w_k)`` has zero trace as a real 2x2 block -- for any real mask, any
+real Nyquist convention and even with aliasing.  So the divergence is the
+constant :math:`\sum_k -(\nu|k|^2 + \mu)` over all ``N^2`` DFT bins (a Hermitian
+pair ``+-k`` counts as its two real degrees of freedom).  Restricted to the
+invariant subspace of resolved states (where the data live) the flow's divergence
+is the same sum over the bins in the mask's support
+(:meth:`KolmogorovFlow.resolved_divergence`; ``"jaxcfd"``'s half-weighted modes
+are resolved and count fully; ``"none"`` resolves all ``N^2`` bins).
+:meth:`KolmogorovFlow.coarse_divergence` gives that sum over the observed
 ``M^2`` modes that are resolved (the natural target for a surrogate of the
 coarse field).
 
@@ -243,7 +257,7 @@ class KolmogorovFlow:
         ky, kx = wavenumbers(n, self.length, f64)
         k2 = ky**2 + kx**2  # (n, n//2+1)
         lin = -(self.viscosity * k2 + self.drag)  # L(k)
-        dky, dkx = derivative_operators(n, self.length, f64)
+        dky, dkx = derivative_operators(n, self.length, f64, nyquist="jaxcfd")
         inv_k2 = torch.where(k2 > 0, 1.0 / torch.where(k2 > 0, k2, 1.0), 0.0)
         # Multipliers giving (u_x, u_y, dw/dx, dw/dy) from w_hat: u_x = i ky w/|k|^2, ...
         shape = k2.shape
@@ -281,7 +295,10 @@ class KolmogorovFlow:
             denom = 1.0 - mu * lin
             self._stage_a.append(((1.0 + mu * lin) / denom).to(dtype=self.dtype, device=dev))
             self._stage_b.append((ga[s] * self.dt / denom).to(dtype=self.dtype, device=dev))
-        self._divergence = float(full_spectrum_sum(lin * support))
+        self._divergence = float(full_spectrum_sum(lin))
+        self._resolved_divergence = float(full_spectrum_sum(lin * support))
+        finfo = torch.finfo(self.dtype)
+        self._flush_below = finfo.tiny / finfo.eps
         # Observed modes: resolved and |k_x|, |k_y| < M/2 (coarse Nyquist dropped).
         h = self.coarse_n // 2
         observed = (ky.abs() < h) & (kx < h) & (support > 0)
@@ -316,10 +333,17 @@ class KolmogorovFlow:
             )
 
     def to_spectral(self, u: Tensor) -> Tensor:
-        """rfft2 coefficients ``(B, N, N//2+1)`` of a physical state ``(B, N, N)``,
-        projected onto the resolved modes (``mask > 0``)."""
+        """rfft2 coefficients ``(B, N, N//2+1)`` of a physical state ``(B, N, N)`` (all modes)."""
         self._check_state(u)
-        return torch.fft.rfft2(u.to(dtype=self.dtype, device=self.device)) * self._support
+        return torch.fft.rfft2(u.to(dtype=self.dtype, device=self.device))
+
+    def project(self, u: Tensor) -> Tensor:
+        """The resolved part of ``u`` ``(B, N, N)``: its modes in the mask's support (``mask > 0``).
+
+        Resolved states stay resolved under :meth:`step`; the solver never
+        projects by itself (module docstring).
+        """
+        return self.to_physical(self.to_spectral(u) * self._support)
 
     def to_physical(self, w_hat: Tensor) -> Tensor:
         """Physical vorticity ``(B, N, N)`` from rfft2 coefficients."""
@@ -332,14 +356,20 @@ class KolmogorovFlow:
         advection = -(ux * wx + uy * wy)
         return torch.fft.rfft2(advection) * self._mask + self._forcing_hat
 
+    def _flush(self, w_hat: Tensor) -> Tensor:
+        """Zero the real and imaginary parts below ``finfo.tiny / finfo.eps`` (no subnormals)."""
+        r = torch.view_as_real(w_hat)
+        return torch.view_as_complex(torch.where(r.abs() < self._flush_below, 0.0, r))
+
     def step_spectral(self, w_hat: Tensor, n: int = 1) -> Tensor:
-        """Advance rfft2 coefficients ``(B, N, N//2+1)`` by ``n`` CN-RK4 steps."""
+        """Advance rfft2 coefficients ``(B, N, N//2+1)`` by ``n`` CN-RK4 steps (all modes)."""
         for _ in range(n):
             h = None
             for s, beta in enumerate(self._betas):
                 f = self.explicit_terms(w_hat)
                 h = f if h is None else f + beta * h
                 w_hat = self._stage_a[s] * w_hat + self._stage_b[s] * h
+            w_hat = self._flush(w_hat)
         return w_hat
 
     # -------------------------------------------------------------- protocol
@@ -347,22 +377,39 @@ class KolmogorovFlow:
         """Full time derivative ``d omega/dt`` in physical space, ``(B, N, N)``.
 
         ``irfft2(L * w_hat + mask * F[-u.grad w] + F[forcing])`` with
-        ``L = -(nu |k|^2 + drag)`` and ``w_hat`` the resolved modes of ``u``;
+        ``L = -(nu |k|^2 + drag)`` and ``w_hat = rfft2(u)`` (all modes);
         differentiable (autograd) in ``u``.
         """
         w_hat = self.to_spectral(u)
         return self.to_physical(self._lin * w_hat + self.explicit_terms(w_hat))
 
     def step(self, u: Tensor, n: int = 1) -> Tensor:
-        """Advance the vorticity batch ``u`` ``(B, N, N)`` by ``n`` solver steps of ``dt``."""
+        """Advance the vorticity batch ``u`` ``(B, N, N)`` by ``n`` solver steps of ``dt``.
+
+        Every mode of ``u`` is evolved (the mask acts on the nonlinear term
+        only), as jax-cfd does; nothing is projected away.  ``step(u, 0)`` is
+        ``u`` up to one FFT round trip.
+        """
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise ValueError(f"number of steps n must be an integer >= 0, got {n!r}")
         return self.to_physical(self.step_spectral(self.to_spectral(u), n))
 
     def divergence(self, u: Tensor) -> Tensor:
-        """Phase-space divergence ``tr(d rhs/d u)`` per sample, ``(B,)`` (constant; module doc)."""
+        """Phase-space divergence ``tr(d rhs/d u)`` per sample, ``(B,)`` (constant; module doc).
+
+        The trace over all ``N^2`` directions; :meth:`resolved_divergence` is the
+        divergence of the flow restricted to resolved states.
+        """
         self._check_state(u)
         return torch.full((u.shape[0],), self._divergence, dtype=u.dtype, device=u.device)
+
+    def resolved_divergence(self) -> float:
+        """Sum of ``-(nu |k|^2 + drag)`` over the resolved modes (the mask's support).
+
+        The divergence of the flow on the invariant subspace of resolved states,
+        where :meth:`initial_condition` and so the data sets live.
+        """
+        return self._resolved_divergence
 
     def coarse_divergence(self) -> float:
         """Sum of ``-(nu |k|^2 + drag)`` over the resolved modes with ``|k_x|, |k_y| < M/2``."""
@@ -448,8 +495,7 @@ class KolmogorovFlow:
         fx = self.forcing_amplitude * torch.sin(self.forcing_wavenumber * y)[:, None]
         mean = lambda a: a.mean(dim=(-2, -1))
         speed2 = mean(vel.pow(2).sum(dim=1))
-        w = self.to_physical(self.to_spectral(u))  # resolved modes
-        w = w - w.mean(dim=(-2, -1), keepdim=True)
+        w = u - u.mean(dim=(-2, -1), keepdim=True)
         return {
             "energy": 0.5 * speed2,
             "tendency": mean((vel * vel_t).sum(dim=1)),

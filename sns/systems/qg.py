@@ -3,8 +3,11 @@
 A PyTorch re-implementation of pyqg's ``QGModel`` (pyqg 0.7.2; Abernathey et
 al., https://pyqg.readthedocs.io) with the same equations, grid, spectral
 filter and time stepping, vectorised over a batch of trajectories (CPU or GPU,
-float32 or float64).  In float64 it reproduces ``pyqg.QGModel`` to round-off
-(``tests/test_reference_pyqg.py``).
+float32 or float64).  In float64 it reproduces ``pyqg.QGModel`` to round-off:
+``tests/test_reference_fixtures.py`` compares ``step`` loops and ``advance``
+against a pyqg trajectory committed in ``tests/fixtures/`` (~3e-14 relative L2
+after 300 steps), ``tests/test_reference_pyqg.py`` against pyqg itself when
+it is installed.
 
 Equations (layer 1 = upper, layer 2 = lower; ``delta = H1/H2``)::
 
@@ -37,14 +40,22 @@ the updated PV after every step::
     q_hat <- filter * (q_hat + dt (23 f_n - 16 f_{n-1} + 5 f_{n-2}) / 12)
 
 Because AB3 is a multistep method, the tendency history is part of the
-integration state.  This class keeps no hidden per-batch state:
-:meth:`TwoLayerQG.advance` takes and returns the history explicitly
-(:class:`ABHistory`), so a long integration cut into chunks equals one
-uninterrupted pyqg run (to round-off), while :meth:`TwoLayerQG.step` (the
-``System`` protocol) starts each call afresh with Euler then AB2.  Prefer
-``advance`` for data generation and spin-up: restarting with a first-order
-step at every saved frame would give a (slightly) different, lower-order
-integrator than the reference data were made with.
+integration state.  Two ways to carry it:
+
+* :meth:`TwoLayerQG.step` (the ``System`` protocol) remembers, like a
+  ``pyqg.QGModel``, the state it returned last and the history that goes
+  with it: when the next call is given that state again (equal values, same
+  shape, dtype and device -- the loop ``u = qg.step(u)``), it continues
+  with AB3, so looping equals one uninterrupted pyqg run to round-off.  Any
+  other state (a new initial condition, a modified or perturbed state, a
+  different batch) restarts the scheme with Euler then AB2, as pyqg does
+  from a new ``q``; :meth:`TwoLayerQG.reset` forgets the history explicitly.
+  One object follows one integration at a time: interleaving two batches on
+  one object restarts each at every call.
+* :meth:`TwoLayerQG.advance` takes and returns the history explicitly
+  (:class:`ABHistory`) and keeps nothing in the object: several integrations
+  on one object, or chunks of one (``sns.data.generate`` uses it), equal one
+  uninterrupted pyqg run.
 
 Shapes and units: states are PV anomalies ``q`` of shape ``(B, 2, N, N)`` in
 1/s, axis order ``(batch, layer, y, x)`` with layer 0 the upper layer, on the
@@ -201,6 +212,7 @@ class TwoLayerQG:
         self.cdtype = _COMPLEX[self.dtype]
         self.device = torch.device(device)
         self._build_operators()
+        self.reset()
 
     # ------------------------------------------------------------------ setup
     def _build_operators(self) -> None:
@@ -370,12 +382,40 @@ class TwoLayerQG:
         return (self._ifft(qh) if n else u), ABHistory(prev, prev2)
 
     def step(self, u: Tensor, n: int = 1) -> Tensor:
-        """Advance ``u`` by ``n`` steps, *restarting* the multistep scheme (Euler, AB2, AB3...).
+        """Advance ``u`` by ``n`` steps, continuing the AB3 integration that returned ``u``.
 
-        Stateless, as the ``System`` protocol requires; use :meth:`advance`
-        to continue an integration with its AB3 history (module docstring).
+        When ``u`` equals the state the previous ``step`` call of this object
+        returned (same values, shape, dtype and device; see
+        :meth:`continues`), the multistep history of that call is used, so
+        ``for _ in range(k): u = qg.step(u)`` equals ``qg.step(u, k)`` and
+        pyqg's AB3 run.  Otherwise (first call, another state, after
+        :meth:`reset`) the scheme restarts with Euler then AB2, as pyqg does
+        from a new initial condition.  The returned state and its history are
+        remembered for the next call (module docstring); :meth:`advance` is
+        the variant that keeps nothing in the object.
         """
-        return self.advance(u, n)[0]
+        history = self._history if self.continues(u) else None
+        out, history = self.advance(u, n, history)
+        self._last = out.detach().clone()
+        self._history = history
+        return out
+
+    def continues(self, u: Tensor) -> bool:
+        """Whether :meth:`step` would continue the remembered AB3 history from ``u``."""
+        last = self._last
+        return (
+            last is not None
+            and isinstance(u, Tensor)
+            and u.shape == last.shape
+            and u.dtype == last.dtype
+            and u.device == last.device
+            and bool(torch.equal(u.detach(), last))
+        )
+
+    def reset(self) -> None:
+        """Forget the state and AB3 history remembered by :meth:`step`: its next call restarts."""
+        self._last: Tensor | None = None
+        self._history = ABHistory()
 
     def divergence(self, u: Tensor) -> Tensor:
         """Phase-space divergence ``tr(d rhs/d q)`` of the discretised vector field, ``(B,)`` in 1/s.

@@ -13,11 +13,22 @@ Layout and conventions (used by every solver of :mod:`sns.systems`):
   ``a N^2 / 2`` at ``k`` (and ``a N^2`` when ``k`` is its own mirror image);
 * wavenumbers are angular, ``k = 2 pi n / L`` (integers for ``L = 2 pi``).
 
-Nyquist modes (``|k_x| = N/2`` or ``|k_y| = N/2``) of an even grid are a single
-real degree of freedom that cannot tell ``+N/2`` from ``-N/2``: their derivative
-is ill defined.  The derivative operators here set ``i k`` to zero on the
-Nyquist row/column (so derivatives of real fields stay real and mirror
-symmetric), and resampling drops the Nyquist modes of the smaller grid.
+Nyquist modes (``|k_x| = N/2`` or ``|k_y| = N/2``) of an even grid cannot tell
+``+N/2`` from ``-N/2``: their derivative is ill defined and every code picks a
+convention.  :func:`derivative_operators` offers two, both real operators (so
+derivatives of real fields stay real and mirror symmetric):
+
+* ``nyquist="zero"`` (default): ``i k`` is zero on the Nyquist row and column;
+* ``nyquist="jaxcfd"``: what jax-cfd's spectral code does in effect (its arrays
+  are ``(x, y)``, full FFT over ``x`` with ``fftfreq`` wavenumbers, so the
+  ``x``-Nyquist is ``k_x = -N/2``; half spectrum over ``y``, and ``irfftn``
+  keeps only the Hermitian part of the ``k_y = 0`` and ``k_y = N/2`` columns):
+  ``d/dy`` is zero on the ``y``-Nyquist row, and ``d/dx`` on the ``x``-Nyquist
+  column is multiplication by ``-i (N/2) sign(k_y)`` (zero where ``k_y`` is 0
+  or ``N/2``), i.e. a mode ``(-1)^i cos(k_y y)`` is read as
+  ``cos(k_y y - N x/2)``.  :class:`sns.systems.kolmogorov.KolmogorovFlow` uses it.
+
+Resampling drops the Nyquist modes of the smaller grid.
 
 Only even ``N`` are supported.
 """
@@ -75,18 +86,28 @@ def derivative_operators(
     length: float = 2 * math.pi,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str | None = None,
+    nyquist: str = "zero",
 ) -> tuple[Tensor, Tensor]:
-    """Real wavenumbers ``(ky, kx)`` for spectral derivatives, Nyquist zeroed.
+    """Real wavenumbers ``(ky, kx)`` for spectral derivatives, with a Nyquist convention.
 
     ``d/dx`` is multiplication of the rfft2 coefficients by ``1j * kx`` and
-    ``d/dy`` by ``1j * ky``; the Nyquist column of ``kx`` and row of ``ky`` are
-    zero (see module docstring).  Shapes ``(n, 1)`` and ``(1, n//2 + 1)``.
+    ``d/dy`` by ``1j * ky``.  ``nyquist="zero"``: the Nyquist column of ``kx``
+    and row of ``ky`` are zero, shapes ``(n, 1)`` and ``(1, n//2 + 1)``.
+    ``nyquist="jaxcfd"``: jax-cfd's effective operators (module docstring):
+    ``ky`` as for ``"zero"``, ``kx`` of shape ``(n, n//2 + 1)`` whose Nyquist
+    column is ``-(n/2) sign(k_y)`` (times ``2 pi/L``), zero on the rows
+    ``k_y = 0`` and ``k_y = -n/2``.
     """
+    if nyquist not in ("zero", "jaxcfd"):
+        raise ValueError(f"unknown Nyquist convention {nyquist!r}; valid: 'zero', 'jaxcfd'")
     ky, kx = wavenumbers(n, length, dtype, device)
     ky = ky.clone()
     kx = kx.clone()
     ky[n // 2] = 0.0
     kx[:, n // 2] = 0.0
+    if nyquist == "jaxcfd":
+        kx = kx.expand(n, n // 2 + 1).clone()
+        kx[:, n // 2] = -(n // 2) * torch.sign(ky[:, 0]) * (2 * math.pi / length)
     return ky, kx
 
 
