@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["plot_corr_r_tau", "plot_lines", "plot_marginals", "plot_snapshots", "plot_spectra"]
+__all__ = ["plot_corr_r_tau", "plot_ensemble", "plot_lines", "plot_marginals", "plot_snapshots", "plot_spectra"]
 
 REFERENCE = "reference"
 
@@ -139,4 +139,31 @@ def plot_corr_r_tau(r: np.ndarray, profiles: Mapping[str, np.ndarray], lags: Seq
     axes[0, 0].set_ylabel("C(|r|, tau)")
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(title, y=1.03)
+    return _save(fig, path)
+
+
+def plot_ensemble(lead: Mapping[str, np.ndarray], scores: Mapping[str, Mapping[str, np.ndarray]],
+                  title: str = "ensemble scores vs lead time", path: str | Path | None = None) -> Figure:
+    """Three panels against lead time (``lead[name]``, time units): RMSE of the ensemble mean
+    (solid) and spread (dashed, same colour), the spread-skill ratio (1: reliable), and the fair
+    CRPS; ``scores[name]`` holds ``rmse``, ``spread``, ``spread_skill``, ``crps``
+    (:mod:`sns.metrics.ensemble`)."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    for i, (name, sc) in enumerate(scores.items()):
+        t = np.asarray(lead[name], dtype=float)
+        color = f"C{i % 10}"
+        axes[0].plot(t, sc["rmse"], color=color, lw=1.3, label=f"{name}: RMSE of mean")
+        axes[0].plot(t, sc["spread"], color=color, lw=1.3, ls="--", label=f"{name}: spread")
+        axes[1].plot(t, sc["spread_skill"], color=color, lw=1.3, label=name)
+        axes[2].plot(t, sc["crps"], color=color, lw=1.3, label=name)
+    axes[1].axhline(1.0, color="grey", ls=":", lw=0.8)
+    for ax, ylabel, sub in zip(axes, ("RMSE / spread", "spread-skill ratio", "CRPS (fair)"),
+                               ("RMSE of the ensemble mean and spread", "sqrt((M+1)/M) spread / RMSE",
+                                "CRPS (fair estimator)")):
+        ax.set_xlabel("lead time (time units)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(sub, fontsize=9)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, y=1.02)
     return _save(fig, path)

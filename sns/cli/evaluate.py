@@ -34,6 +34,17 @@ Metrics (one row per method; the reference's own row where meaningful), all in p
   reference's), ``acf_err`` (max |autocorrelation error| over lags <= ``max_lag``, the
   autocorrelation of the first ``acf_steps`` states after ``burn``).
 
+Ensembles (rollouts whose attrs record ``ensemble = M >= 2`` members per initial condition, as
+``sns-rollout ensemble=M`` writes them, and their source ``split`` / ``start_frame``): per lead
+time, against the reference trajectories from the same initial frames and averaged over initial
+conditions and state elements, the RMSE of the ensemble mean, the spread (unbiased ensemble
+variance), the spread-skill ratio ``sqrt((M + 1) / M) spread / RMSE`` and the CRPS (fair
+estimator; the empirical one as ``crps_biased``), conventions in :mod:`sns.metrics.ensemble`;
+written to ``ensemble.csv`` / ``ensemble.json`` and ``ensemble.png``.  The table gets
+``members``, ``ens_rmse``, ``ens_spread``, ``ens_crps`` (means over lead times 1..n, lead 0
+being the shared initial state) and ``ens_spread_skill`` (from the lead-mean variance and
+squared error).  The other metrics pool all members as samples.
+
 Statistics of the invariant measure (spectra, enstrophy, W1) use the states after ``burn``
 steps.  Figures (PNG): snapshots side by side (fields), time-mean spectra, spectra at chosen
 steps, C(tau), C(|r|, tau) at three lags, R(t), Pearson correlation vs time, enstrophy vs time; vector systems:
@@ -194,23 +205,115 @@ def _vector_stats(src: Source, burn: int, chunk: int, max_lag: int, max_samples:
             "increments": np.concatenate(incs) if incs else np.zeros(0), "acf": acf, "stride": stride}
 
 
-def _pearson(src: Source, ref: Source, chunk: int) -> np.ndarray | None:
-    """Pearson correlation per step against the reference trajectory from the same initial
-    condition (mean over trajectories), or None if the rollout does not record its source."""
-    from sns.metrics import pearson_series
+def _members(src: Source) -> int:
+    """Ensemble members per initial condition of a rollout store (attr ``ensemble``; 1 if absent):
+    rows ``k * M .. k * M + M - 1`` of its trajectory axis start from initial condition ``k``."""
+    m = int(src.attrs.get("ensemble", 1) or 1) if src.is_rollout else 1
+    if m < 1 or src.array.shape[0] % m:
+        raise ValueError(f"{src.path}: attr ensemble={m} does not divide its {src.array.shape[0]} trajectories")
+    return m
 
+
+def _source(src: Source, ref: Source) -> tuple[int, int, int] | None:
+    """``(start_frame, initial conditions, members)`` when the rollout records that it starts
+    from frame ``start_frame`` of the first trajectories of the reference's split (attrs ``split``,
+    ``start_frame``), else None."""
     a = src.attrs
     if not src.is_rollout or "start_frame" not in a or a.get("split") != ref.path.stem.split(".")[0]:
         return None
-    s0, B = int(a["start_frame"]), src.array.shape[0]
-    if B > ref.array.shape[0] or s0 >= ref.n_time:
+    m = _members(src)
+    s0, n_ic = int(a["start_frame"]), src.array.shape[0] // m
+    if n_ic > ref.array.shape[0] or s0 >= ref.n_time:
         return None
+    return s0, n_ic, m
+
+
+def _pearson(src: Source, ref: Source, chunk: int) -> np.ndarray | None:
+    """Pearson correlation per step against the reference trajectory from the same initial
+    condition (mean over trajectories and ensemble members), or None if the rollout does not
+    record its source."""
+    from sns.metrics import pearson_series
+
+    match = _source(src, ref)
+    if match is None:
+        return None
+    s0, n_ic, m = match
     n = min(src.n_time, ref.n_time - s0)
     out = []
     for t in range(0, n, chunk):
         u = min(t + chunk, n)
-        out.append(pearson_series(_flat(src.read(t, u)), _flat(ref.read(s0 + t, s0 + u, slice(0, B))), 1).mean(0))
+        r = np.repeat(ref.read(s0 + t, s0 + u, slice(0, n_ic)), m, axis=0)  # row k * m + j: trajectory k
+        out.append(pearson_series(_flat(src.read(t, u)), _flat(r), 1).mean(0))
     return np.concatenate(out)
+
+
+ENSEMBLE_SCORES = ("rmse", "spread", "spread_skill", "crps", "crps_biased")
+
+
+def _ensemble(src: Source, ref: Source, chunk: int, max_leads: int | None) -> dict[str, Any] | None:
+    """Ensemble scores per lead time (:func:`sns.metrics.ensemble_scores`, physical units) of a
+    rollout with ``ensemble >= 2`` members per initial condition against the reference
+    trajectories from the same initial frames, averaged over initial conditions and state
+    elements (coordinates or grid points and channels); None for other stores.
+
+    Returns ``{"members", "lead" (steps), "rmse", "spread", "spread_skill", "crps",
+    "crps_biased", "mse", "var"}`` (arrays over lead times ``0 .. n - 1``)."""
+    from sns.metrics import ensemble_scores
+
+    match = _source(src, ref)
+    if match is None or match[2] < 2:
+        return None
+    s0, n_ic, m = match
+    n = min(src.n_time, ref.n_time - s0)
+    if max_leads is not None:
+        n = min(n, int(max_leads) + 1)
+    parts: dict[str, list[np.ndarray]] = {}
+    step = max(1, chunk // m)  # time chunks of about chunk x (initial conditions) states, as elsewhere
+    for t in range(0, n, step):
+        u = min(t + step, n)
+        x = src.read(t, u)
+        x = x.reshape(n_ic, m, *x.shape[1:])  # (initial condition, member, time, *state)
+        y = ref.read(s0 + t, s0 + u, slice(0, n_ic))
+        sc = ensemble_scores(x, y, member_axis=1, axis=(0, *range(2, y.ndim)))
+        for k, v in sc.items():
+            parts.setdefault(k, []).append(v)
+    out: dict[str, Any] = {k: np.concatenate(v) for k, v in parts.items()}
+    out.update(members=m, initial_conditions=n_ic, lead=np.arange(n))
+    return out
+
+
+def _ensemble_summary(ens: dict[str, Any]) -> dict[str, Any]:
+    """Table entries of :func:`_ensemble`: means over lead times ``1 .. n - 1`` (lead 0 is the
+    shared initial state); the spread-skill ratio from the lead-mean variance and squared error."""
+    from sns.metrics import spread_skill_from_moments
+
+    sel = slice(1, None) if len(ens["lead"]) > 1 else slice(None)
+    return {"members": ens["members"], "ens_rmse": float(np.mean(ens["rmse"][sel])),
+            "ens_spread": float(np.mean(ens["spread"][sel])),
+            "ens_spread_skill": float(spread_skill_from_moments(np.mean(ens["var"][sel]), np.mean(ens["mse"][sel]),
+                                                                ens["members"])),
+            "ens_crps": float(np.mean(ens["crps"][sel]))}
+
+
+def _write_ensemble(curves: Mapping[str, dict[str, Any]], out: Path, dt: float) -> list[Path]:
+    """``ensemble.csv`` (one row per method and lead time), ``ensemble.json`` and ``ensemble.png``."""
+    from sns.plots import plot_ensemble
+
+    keys = ("lead", "time", *ENSEMBLE_SCORES)
+    with open(out / "ensemble.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(("method", "members", *keys))
+        for name, e in curves.items():
+            for i, lead in enumerate(e["lead"]):
+                w.writerow((name, e["members"], int(lead), float(lead * dt), *(float(e[k][i]) for k in ENSEMBLE_SCORES)))
+    (out / "ensemble.json").write_text(json.dumps(
+        {name: {"members": int(e["members"]), "initial_conditions": int(e["initial_conditions"]), "dt": dt,
+                **{k: np.asarray(e[k]).tolist() for k in ("lead", *ENSEMBLE_SCORES)}}
+         for name, e in curves.items()}, indent=1, default=float))
+    path = out / "ensemble.png"
+    plot_ensemble({name: e["lead"] * dt for name, e in curves.items()},
+                  {name: {k: e[k] for k in ENSEMBLE_SCORES} for name, e in curves.items()}, path=path)
+    return [path]
 
 
 def _rollout_info(src: Source) -> dict[str, Any]:
@@ -242,13 +345,15 @@ def evaluate(
     thresholds: Sequence[float] = (0.8, 0.9, 0.95),
     max_samples: int = 200_000,
     acf_steps: int = 5000,
+    ensemble_leads: int | None = None,
 ) -> dict[str, Any]:
     """Write the report of ``rollouts`` (``{method: store}``) against ``reference`` to ``out_dir``.
 
     Returns ``{"rows": [{metric: value}], "figures": [paths], "table": markdown}`` (module
     docstring for the metrics).  ``snapshot_steps`` / ``spectrum_steps``: steps shown in the
     snapshot figure and in the spectra-at-times figure (default: 5 / 3 steps spread over the
-    longest rollout).
+    longest rollout).  ``ensemble_leads``: lead times (steps) of the ensemble scores (default:
+    all the rollout and the reference share).
     """
     from sns.metrics import spectrum_distance, wasserstein1_per_coordinate
     from sns.plots import plot_corr_r_tau, plot_lines, plot_marginals, plot_snapshots, plot_spectra
@@ -258,6 +363,8 @@ def evaluate(
     for name, v in (("chunk", chunk), ("max_lag", max_lag)):
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if ensemble_leads is not None and (not isinstance(ensemble_leads, int) or ensemble_leads < 1):
+        raise ValueError(f"ensemble_leads must be a positive integer or null, got {ensemble_leads!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ref = Source(reference)
@@ -377,6 +484,12 @@ def evaluate(
         figures.append(out / "rate_of_change.png")
         plot_lines(np.arange(1, span + 1) * dt, {n: st["rate"] for n, st in stats.items() if len(st["rate"])},
                    "time", "R(t) = mean |dx/dt|", "rate of change R(t)", path=figures[-1])
+    curves = {name: e for name, s in srcs.items() if (e := _ensemble(s, ref, chunk, ensemble_leads)) is not None}
+    for row in rows:
+        if row["method"] in curves:
+            row.update(_ensemble_summary(curves[row["method"]]))
+    if curves:
+        figures += _write_ensemble(curves, out, dt)
     table = _markdown(rows)
     keys = list(dict.fromkeys(k for r in rows for k in r))
     with open(out / "metrics.csv", "w", newline="") as f:
@@ -386,7 +499,7 @@ def evaluate(
     (out / "metrics.json").write_text(json.dumps(rows, indent=1, default=float))
     (out / "metrics.md").write_text(f"Reference: {ref.path}\n\n{table}\n")
     print(table)
-    return {"rows": rows, "figures": figures, "table": table, "out_dir": out}
+    return {"rows": rows, "figures": figures, "table": table, "out_dir": out, "ensemble": curves}
 
 
 def _markdown(rows: list[dict[str, Any]]) -> str:

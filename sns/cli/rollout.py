@@ -9,6 +9,15 @@ run again.  The run identity holds the SHA-256 of every model file and the metho
 (:func:`run_identity`): a store of other models or settings is refused, naming what differs.  The
 default store path is a function of the inputs (:func:`default_out`).  Initial conditions are frames of a data set split, normalised like the training
 data (the models' files record the normalisation; a mismatch with the data set is an error).
+
+Ensembles (``ensemble=M``, default 1): every initial condition is replicated ``M`` times, so the
+rollout's batch is ``trajectories * M`` rows, trajectory-major: store row ``k * M + m`` is
+member ``m`` of initial condition ``k`` (trajectory ``k`` of the split).  The members start
+from the same state and differ only by the sampler's noise (SNS and every stochastic baseline
+draw their noise per row from the rollout's one generator, :mod:`sns.rollout`); a
+deterministic method (surrogate with ``gaussian.sigma=0``) gives ``M`` identical members.  The
+store's attrs record ``ensemble`` (``M``) and ``initial_conditions`` (``trajectories``), which
+``sns-evaluate`` reads to score the ensemble (:mod:`sns.metrics.ensemble`).
 """
 
 from __future__ import annotations
@@ -134,6 +143,9 @@ def default_out(cfg: DictConfig, attrs: dict[str, Any], identity: dict[str, Any]
               "start_frame": int(cfg.start_frame), "trajectories": int(cfg.trajectories),
               "n_steps": int(cfg.n_steps), "seed": int(cfg.seed), "blowup_factor": float(cfg.blowup_factor),
               "device": str(cfg.device)}
+    members = 1 if cfg.get("ensemble") is None else int(cfg.ensemble)
+    if members != 1:  # only then: the paths of single-member rollouts stay what they were
+        inputs["ensemble"] = members
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
     root = cfg.get("out_root") or "outputs/rollout"
     return Path(root) / f"{attrs['method']}-{cfg.split}-{digest}.zarr"
@@ -163,9 +175,12 @@ def run_rollout(cfg: DictConfig) -> Any:
     from sns.data.windows import WindowDataset
     from sns.rollout import rollout, state_rms
 
-    check_numbers(cfg, ints=("seed", "n_steps", "trajectories", "start_frame", "chunk", "torch_threads"),
+    check_numbers(cfg, ints=("seed", "n_steps", "trajectories", "start_frame", "chunk", "torch_threads", "ensemble"),
                   floats=("blowup_factor", "max_wall_time", "gaussian.sigma"))
     check_cuda("device", cfg.device)
+    members = 1 if cfg.get("ensemble") is None else int(cfg.ensemble)
+    if members < 1:
+        raise ValueError(f"ensemble must be an integer >= 1 (members per initial condition), got {members}")
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
     device = torch.device(cfg.device)
@@ -187,6 +202,9 @@ def run_rollout(cfg: DictConfig) -> Any:
     if not 0 <= int(cfg.start_frame) <= ds.n_time - 2:
         raise ValueError(f"start_frame must be in [0, {ds.n_time - 2}], got {cfg.start_frame}")
     x0 = torch.stack([ds[k * ds.per_traj + int(cfg.start_frame)][0] for k in range(n)]).to(device)
+    if members > 1:  # row k * members + m: member m of initial condition k
+        x0 = x0.repeat_interleave(members, dim=0)
+        attrs.update(ensemble=members, initial_conditions=n)
     dt = data_attrs.get("dt")
     dt = float(dt) * int(data_attrs.get("save_every", 1)) if dt is not None else None
     identity = run_identity(attrs)

@@ -1,5 +1,6 @@
 """Evaluation metrics: energy spectra, energy and enstrophy of fields
-(:mod:`sns.metrics.fields`), time-series metrics of rollouts (:mod:`sns.metrics.series`), and the
+(:mod:`sns.metrics.fields`), time-series metrics of rollouts (:mod:`sns.metrics.series`), ensemble
+scores (:mod:`sns.metrics.ensemble`: RMSE of the ensemble mean, spread, spread-skill ratio, CRPS), and the
 chaos / delay-embedding toolkit (:mod:`sns.metrics.chaos`: mutual-information delay, false nearest
 neighbours, correlation dimension, Lyapunov exponents, PSD, divergence error, interspike intervals).
 
@@ -25,6 +26,15 @@ from sns.metrics.chaos import (
     mutual_information,
     power_spectral_density,
     rosenstein_divergence,
+)
+from sns.metrics.ensemble import (
+    crps_ensemble,
+    crps_gaussian,
+    ensemble_mean_rmse,
+    ensemble_scores,
+    ensemble_spread,
+    spread_skill_from_moments,
+    spread_skill_ratio,
 )
 from sns.metrics.fields import (
     RunningSpaceTimeCorrelation,
@@ -57,10 +67,15 @@ __all__ = [
     "correlation_dimension",
     "correlation_sum",
     "correlation_time",
+    "crps_ensemble",
+    "crps_gaussian",
     "delay_embed",
     "divergence_error",
     "embed",
     "energy_spectrum",
+    "ensemble_mean_rmse",
+    "ensemble_scores",
+    "ensemble_spread",
     "enstrophy",
     "false_nearest_neighbours",
     "fnn_dimension",
@@ -83,5 +98,7 @@ __all__ = [
     "space_time_correlation",
     "spatiotemporal_correlation",
     "spectrum_distance",
+    "spread_skill_from_moments",
+    "spread_skill_ratio",
     "wasserstein1_per_coordinate",
 ]

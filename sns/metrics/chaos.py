@@ -716,6 +716,13 @@ def _fit_range_problems(t: np.ndarray, logd: np.ndarray, k0: int, k1: int, slope
     return problems
 
 
+#: state dimension up to which :func:`lyapunov_qr` builds full Jacobians (batched over time);
+#: above it, the tangent vectors are pushed through each RK4 step by forward-mode AD
+_JACOBIAN_MAX_DIM = 64
+#: memory for the Jacobians of one time chunk (bytes)
+_JACOBIAN_CHUNK_BYTES = 32 * 2**20
+
+
 def lyapunov_qr(
     rhs: Callable[[Tensor], Tensor],
     x0: ArrayLike | Tensor,
@@ -728,21 +735,31 @@ def lyapunov_qr(
     """Lyapunov spectrum of ``dx/dt = rhs(x)`` from the equations (Benettin et al. 1980).
 
     The state and ``k`` tangent vectors ``Q`` (``D x k``, orthonormal) are advanced by one
-    classical RK4 step ``Phi``; the tangents by its exact derivative, ``Q <- dPhi/dx Q``,
-    computed by forward-mode autodiff (``torch.autograd.forward_ad``, the mechanism of
-    ``torch.func.jvp``, with less overhead) of the RK4 step, i.e. the variational equation
-    integrated with the same RK4 stages.  All trajectories and tangents go through one
-    batched step, so the cost per step hardly depends on ``B`` (a few ms on a CPU: prefer
-    many short trajectories to one long one).  After each step
+    classical RK4 step ``Phi``; the tangents by its exact derivative, ``Q <- dPhi/dx Q``, i.e.
+    the variational equation integrated with the same RK4 stages.  After each step
     ``Q R = qr(Q)`` re-orthonormalises, and::
 
         lambda_l = (1 / (n_steps dt)) sum_steps ln |R_ll|
 
     after ``transient`` unrecorded steps (which align ``Q`` with the leading directions).
 
+    How (the results do not depend on it beyond rounding, ~1e-12 relative): for ``D <= 64``
+    the state is integrated alone (plain RK4, no autodiff) over a chunk of steps, the
+    Jacobians ``J = drhs/dx`` at all four stage states of every step of the chunk come from
+    one batched evaluation of ``rhs`` and ``D`` reverse-mode passes, and the step derivative
+    is assembled by batched matrix products (chain rule through the stages:
+    ``A1 = J1, A2 = J2 (I + dt/2 A1), A3 = J3 (I + dt/2 A2), A4 = J4 (I + dt A3)``,
+    ``dPhi/dx = I + dt/6 (A1 + 2 A2 + 2 A3 + A4)``); only the state's RK4 and a small
+    ``(B, D, k)`` product and QR per step remain sequential.  For larger ``D`` (where full
+    Jacobians cost ``D / k`` times more) the ``k`` tangents go through each RK4 step as dual
+    numbers (``torch.autograd.forward_ad``), the previous implementation.  All trajectories
+    and tangents go through one batched step either way (prefer many short trajectories to
+    one long one).  Measured in ``benchmarks/lyapunov_qr.py``.
+
     Args:
         rhs: torch function ``(B, D) -> (B, D)`` acting row by row (e.g.
-            ``sns.systems.Lorenz63().rhs``, or a learned vector field).
+            ``sns.systems.Lorenz63().rhs``, or a learned vector field); it is called on
+            batches of other sizes than ``B``.
         x0: initial state ``(D,)``, or ``(B, D)`` for ``B`` independent trajectories whose
             exponents are averaged; best on (or near) the attractor.
         dt: RK4 step (time units of ``rhs``).
@@ -753,6 +770,21 @@ def lyapunov_qr(
 
     Returns ``(k,)`` exponents in decreasing order, 1 / (time units).
     """
+    return _lyapunov_qr(rhs, x0, dt, n_steps, n_exponents, transient, dtype)
+
+
+def _lyapunov_qr(
+    rhs: Callable[[Tensor], Tensor],
+    x0: ArrayLike | Tensor,
+    dt: float,
+    n_steps: int,
+    n_exponents: int | None = None,
+    transient: int | None = None,
+    dtype: torch.dtype = torch.float64,
+    method: str = "auto",
+) -> np.ndarray:
+    """:func:`lyapunov_qr` with the implementation chosen: ``"jacobian"`` (batched Jacobians),
+    ``"tangent"`` (dual numbers every step, the implementation before issue 17) or ``"auto"``."""
     _check_positive("dt", dt)
     n_steps = _check_int("n_steps", n_steps, 1)
     transient = n_steps // 10 if transient is None else _check_int("transient", transient, 0)
@@ -761,43 +793,137 @@ def lyapunov_qr(
         x = x[None]
     if x.ndim != 2:
         raise ValueError(f"x0 must have shape (D,) or (B, D), got {tuple(x.shape)}")
-    b, d = x.shape
+    d = x.shape[1]
     k = d if n_exponents is None else _check_int("n_exponents", n_exponents, 1)
     if k > d:
         raise ValueError(f"n_exponents must be <= the state dimension {d}, got {k}")
-
-    def step(u: Tensor) -> Tensor:
-        # classical RK4; scalar factors go through add(..., alpha=): multiplying a dual tensor by a
-        # constant is ~10x slower than add-with-alpha under forward-mode AD (torch 2.x, CPU)
-        k1 = rhs(u)
-        k2 = rhs(torch.add(u, k1, alpha=0.5 * dt))
-        k3 = rhs(torch.add(u, k2, alpha=0.5 * dt))
-        k4 = rhs(torch.add(u, k3, alpha=dt))
-        acc = torch.add(torch.add(torch.add(k1, k2, alpha=2.0), k3, alpha=2.0), k4)
-        return torch.add(u, acc, alpha=dt / 6.0)
-
-    q = torch.eye(d, k, dtype=dtype).expand(b, d, k).contiguous()  # (B, D, k), orthonormal columns
-    sums = torch.zeros(b, k, dtype=dtype)
+    if method not in ("auto", "jacobian", "tangent"):
+        raise ValueError(f"method must be 'auto', 'jacobian' or 'tangent', got {method!r}")
+    if method == "auto":
+        method = "jacobian" if d <= _JACOBIAN_MAX_DIM else "tangent"
     with torch.no_grad(), warnings.catch_warnings():
         # torch loads its forward-AD decompositions with torch.jit.script on first use (a
         # DeprecationWarning from torch itself, not actionable here)
         warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=DeprecationWarning)
-        for n in range(transient + n_steps):
-            # primal: every trajectory repeated k times (rows are independent); tangents: Q's columns
-            xp = x.repeat_interleave(k, dim=0)
-            tang = q.transpose(1, 2).reshape(b * k, d)
-            with fwAD.dual_level():
-                x_new, q_new = fwAD.unpack_dual(step(fwAD.make_dual(xp, tang)))
-            if q_new is None:  # rhs does not depend on the state
-                q_new = tang
-            x = x_new.reshape(b, k, d)[:, 0]
-            q, r = torch.linalg.qr(q_new.reshape(b, k, d).transpose(1, 2))
-            if not (torch.isfinite(x).all() and torch.isfinite(r).all()):
-                raise FloatingPointError(f"lyapunov_qr: non-finite state or tangent at step {n}; reduce dt ({dt})")
-            if n >= transient:
-                sums += torch.log(torch.diagonal(r, dim1=1, dim2=2).abs())
-    exps = (sums / (n_steps * dt)).mean(0).numpy()
+        run = _lyapunov_sums_jacobian if method == "jacobian" else _lyapunov_sums_tangent
+        sums = run(rhs, x, float(dt), n_steps, k, transient)
+    exps = (sums / (n_steps * dt)).mean(0).cpu().numpy()
     return np.sort(exps)[::-1].copy()
+
+
+def _rk4_dual_friendly(rhs: Callable[[Tensor], Tensor], u: Tensor, dt: float) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """One classical RK4 step and its four stage states ``(u, u + dt/2 k1, u + dt/2 k2, u + dt k3)``.
+
+    Scalar factors go through ``add(..., alpha=)``: multiplying a dual tensor by a constant is
+    ~10x slower than add-with-alpha under forward-mode AD (torch 2.x, CPU)."""
+    k1 = rhs(u)
+    u2 = torch.add(u, k1, alpha=0.5 * dt)
+    k2 = rhs(u2)
+    u3 = torch.add(u, k2, alpha=0.5 * dt)
+    k3 = rhs(u3)
+    u4 = torch.add(u, k3, alpha=dt)
+    k4 = rhs(u4)
+    acc = torch.add(torch.add(torch.add(k1, k2, alpha=2.0), k3, alpha=2.0), k4)
+    return torch.add(u, acc, alpha=dt / 6.0), (u, u2, u3, u4)
+
+
+def _raise_nonfinite(n: int, dt: float) -> None:
+    raise FloatingPointError(f"lyapunov_qr: non-finite state or tangent at step {n}; reduce dt ({dt})")
+
+
+def _lyapunov_sums_tangent(rhs: Callable[[Tensor], Tensor], x: Tensor, dt: float, n_steps: int, k: int,
+                           transient: int) -> Tensor:
+    """Sum over the recorded steps of ln|R_ll| per trajectory ``(B, k)``: the ``k`` tangents
+    go through every RK4 step as dual numbers."""
+    b, d = x.shape
+    q = torch.eye(d, k, dtype=x.dtype, device=x.device).expand(b, d, k).contiguous()  # (B, D, k), orthonormal columns
+    sums = torch.zeros(b, k, dtype=x.dtype, device=x.device)
+    for n in range(transient + n_steps):
+        # primal: every trajectory repeated k times (rows are independent); tangents: Q's columns
+        xp = x.repeat_interleave(k, dim=0)
+        tang = q.transpose(1, 2).reshape(b * k, d)
+        with fwAD.dual_level():
+            x_new, q_new = fwAD.unpack_dual(_rk4_dual_friendly(rhs, fwAD.make_dual(xp, tang), dt)[0])
+        if q_new is None:  # rhs does not depend on the state
+            q_new = tang
+        x = x_new.reshape(b, k, d)[:, 0]
+        q, r = torch.linalg.qr(q_new.reshape(b, k, d).transpose(1, 2))
+        if not (torch.isfinite(x).all() and torch.isfinite(r).all()):
+            _raise_nonfinite(n, dt)
+        if n >= transient:
+            sums += torch.log(torch.diagonal(r, dim1=1, dim2=2).abs())
+    return sums
+
+
+def _jacobians(rhs: Callable[[Tensor], Tensor], pts: Tensor) -> Tensor:
+    """``J[n] = drhs/dx`` at every row of ``pts`` ``(N, D)``: ``(N, D, D)``.
+
+    One evaluation of ``rhs`` on all points and ``D`` reverse-mode passes (row ``i`` of every
+    ``J[n]`` is the gradient of ``sum_n rhs(pts)[n, i]``, the rows being independent).  Reverse
+    mode, not forward mode: torch compiles its forward-AD decompositions on first use (5-10 s
+    per process here).  An ``rhs`` whose output does not require grad (it detaches, or runs
+    under ``no_grad``) goes through forward-mode AD with the ``D`` unit tangents instead, which
+    also gives 0 for an ``rhs`` that does not depend on the state."""
+    n, d = pts.shape
+    with torch.enable_grad():
+        p = pts.detach().requires_grad_(True)
+        out = rhs(p)
+        if out.requires_grad:
+            rows = []
+            for i in range(d):
+                (g,) = torch.autograd.grad(out[:, i].sum(), p, retain_graph=i < d - 1, allow_unused=True)
+                rows.append(torch.zeros_like(pts) if g is None else g)
+            return torch.stack(rows, dim=1).detach()
+    eye = torch.eye(d, dtype=pts.dtype, device=pts.device).repeat(n, 1)  # row n * D + j: e_j
+    with fwAD.dual_level():
+        tangent = fwAD.unpack_dual(rhs(fwAD.make_dual(pts.repeat_interleave(d, dim=0), eye))).tangent
+    if tangent is None:  # rhs does not depend on the state
+        return torch.zeros(n, d, d, dtype=pts.dtype, device=pts.device)
+    return tangent.reshape(n, d, d).transpose(1, 2)  # row (n, j) is J[n] e_j, the j-th column
+
+
+def _lyapunov_sums_jacobian(rhs: Callable[[Tensor], Tensor], x: Tensor, dt: float, n_steps: int, k: int,
+                            transient: int) -> Tensor:
+    """Sum over the recorded steps of ln|R_ll| per trajectory ``(B, k)`` from the step
+    derivatives ``dPhi/dx`` built from batched Jacobians, one time chunk at a time."""
+    b, d = x.shape
+    q = torch.eye(d, k, dtype=x.dtype, device=x.device).expand(b, d, k).contiguous()
+    sums = torch.zeros(b, k, dtype=x.dtype, device=x.device)
+    eye = torch.eye(d, dtype=x.dtype, device=x.device)
+    total = transient + n_steps
+    per_step = 4 * b * d * d * max(x.element_size(), 8) * 4  # J, A and the forward-AD rows
+    chunk = int(min(1024, max(1, _JACOBIAN_CHUNK_BYTES // per_step)))
+    for n0 in range(0, total, chunk):
+        m = min(chunk, total - n0)
+        stages, states = [], []
+        for _ in range(m):  # the state alone: plain RK4 (the same values as the dual-number step)
+            x, st = _rk4_dual_friendly(rhs, x, dt)
+            stages.extend(st)
+            states.append(x)
+        bad = ~torch.isfinite(torch.stack(states)).flatten(1).all(1)
+        if bad.any():
+            _raise_nonfinite(n0 + int(bad.nonzero()[0]), dt)
+        jac = _jacobians(rhs, torch.stack(stages).reshape(-1, d)).reshape(m, 4, b, d, d)
+        j1, j2, j3, j4 = jac.unbind(1)
+        a2 = torch.baddbmm(j2.flatten(0, 1), j2.flatten(0, 1), j1.flatten(0, 1), alpha=0.5 * dt).view(m, b, d, d)
+        a3 = torch.baddbmm(j3.flatten(0, 1), j3.flatten(0, 1), a2.flatten(0, 1), alpha=0.5 * dt).view(m, b, d, d)
+        a4 = torch.baddbmm(j4.flatten(0, 1), j4.flatten(0, 1), a3.flatten(0, 1), alpha=dt).view(m, b, d, d)
+        step_jac = eye + (dt / 6.0) * (j1 + 2.0 * a2 + 2.0 * a3 + a4)  # (m, B, D, D)
+        diag = torch.empty(m, b, k, dtype=x.dtype, device=x.device)
+        for i in range(m):
+            try:
+                q, r = torch.linalg.qr(torch.bmm(step_jac[i], q))
+            except RuntimeError:  # LAPACK refuses non-finite input
+                _raise_nonfinite(n0 + i, dt)
+            diag[i] = torch.diagonal(r, dim1=1, dim2=2)
+        logs = torch.log(diag.abs())
+        bad = ~torch.isfinite(diag).flatten(1).all(1)
+        if bad.any():
+            _raise_nonfinite(n0 + int(bad.nonzero()[0]), dt)
+        rec = max(transient - n0, 0)
+        if rec < m:
+            sums += logs[rec:].sum(0)
+    return sums
 
 
 def largest_lyapunov_qr(
