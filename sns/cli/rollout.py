@@ -101,10 +101,15 @@ def build_stepper(cfg: DictConfig, data_attrs: dict[str, Any], device: Any) -> t
                 raise ValueError(f"refiner.proposal_sigma must be a number or 'auto', got {r['proposal_sigma']!r}")
             r["proposal_sigma"] = _auto_proposal_sigma(Path(cfg.data_dir) / "valid.zarr", surrogate, device)
             r["proposal_sigma_auto"] = True  # sqrt(2) x the surrogate's one-step RMSE on the valid split
+        guard = None
+        if r.get("state_guard") not in (None, False):
+            guard = _state_guard(Path(cfg.data_dir), load_schedule(d_extra), r["state_guard"])
+            r["state_guard_threshold"] = guard.threshold  # recorded: the distance beyond which it fires
         step: Any = SNSRefiner(model, load_schedule(d_extra), surrogate=surrogate, path=r["path"],
                                proposal_sigma=float(r["proposal_sigma"]), skip_threshold=skip,
                                fixed_levels=fixed, clamp=r.get("clamp"), n_moves=r.get("n_moves"),
-                               eta=float(r.get("eta", 1.0)), couple_levels=bool(r.get("couple_levels", False)))
+                               eta=float(r.get("eta", 1.0)), couple_levels=bool(r.get("couple_levels", False)),
+                               state_guard=guard)
         attrs["refiner"] = r
     elif method == "thermalizer":
         t = OmegaConf.to_container(cfg.thermalizer, resolve=True)
@@ -165,6 +170,40 @@ def _auto_proposal_sigma(valid: Path, surrogate: Any, device: Any, max_pairs: in
     idx = torch.linspace(0, len(ds) - 1, min(len(ds), max_pairs)).long().unique()
     w = torch.stack([ds[int(i)] for i in idx]).to(device)  # (N, 2, *state)
     return calibrate_proposal_sigma(surrogate, w[:, 0], w[:, 1])
+
+
+def _split_states(path: Path, max_states: int) -> Any:
+    """Up to ``max_states`` states of a split store (evenly spread over its frames), normalised
+    like the training data, ``(N, D)``."""
+    import torch
+
+    from sns.data.io import check_store
+    from sns.data.windows import WindowDataset
+
+    check_store(path)
+    ds = WindowDataset(path, history=1, horizon=1, stride=1, in_memory=True)
+    if ds.is_field:
+        raise ValueError("refiner.state_guard is for vector systems (nearest neighbours of field states "
+                         "measure the sampling floor, not a drift); set refiner.state_guard=false")
+    idx = torch.linspace(0, len(ds) - 1, min(len(ds), max_states)).long().unique()
+    return torch.stack([ds[int(i)][0] for i in idx])
+
+
+def _state_guard(data_dir: Path, schedule: Any, setting: Any, max_states: int = 100_000) -> Any:
+    """:class:`sns.refine.NearestStateGuard` calibrated on the data set: reference states from the
+    train split, the threshold (``setting``: ``true`` for the 99.9% quantile, or a quantile in
+    (0, 1]) and the level table from the valid split (never the evaluation split)."""
+    from sns.refine import NearestStateGuard
+
+    if setting is True:
+        quantile = 0.999
+    elif isinstance(setting, (int, float)) and not isinstance(setting, bool) and 0.0 < float(setting) <= 1.0:
+        quantile = float(setting)
+    else:
+        raise ValueError(f"refiner.state_guard must be true, false or a quantile in (0, 1], got {setting!r}")
+    reference = _split_states(data_dir / "train.zarr", max_states)
+    held_out = _split_states(data_dir / "valid.zarr", max_states)
+    return NearestStateGuard.calibrate(schedule, reference, held_out, quantile=quantile)
 
 
 def run_rollout(cfg: DictConfig) -> Any:
