@@ -482,8 +482,14 @@ def evaluate(
                    "lag (time units)", "autocorrelation (mean over coordinates)", "autocorrelation",
                    path=figures[-1])
         figures.append(out / "rate_of_change.png")
-        plot_lines(np.arange(1, span + 1) * dt, {n: st["rate"] for n, st in stats.items() if len(st["rate"])},
-                   "time", "R(t) = mean |dx/dt|", "rate of change R(t)", path=figures[-1])
+        # per-step R(t) of a chaotic vector system is noise around its level: block means over
+        # ~1/200 of the span show whether (and when) that level drifts
+        block = max(1, span // 200)
+        blocked = {n: st["rate"][:len(st["rate"]) // block * block].reshape(-1, block).mean(1)
+                   for n, st in stats.items() if len(st["rate"]) >= block}
+        plot_lines((np.arange(span // block + 1) + 0.5) * block * dt, blocked, "time",
+                   "R(t) = mean |dx/dt|" + (f", mean over blocks of {block} steps" if block > 1 else ""),
+                   "rate of change R(t)", path=figures[-1])
     curves = {name: e for name, s in srcs.items() if (e := _ensemble(s, ref, chunk, ensemble_leads)) is not None}
     for row in rows:
         if row["method"] in curves:
