@@ -130,9 +130,13 @@ def methods(sur, den_cos, sch_cos, den_log, sch_log, n_moves: int, k_log: tuple[
 
 
 def baselines(sur, den_cos, sch_cos, files: dict[str, Path], surrogate_free: bool, therm_start: int = 6,
-              therm_stop: int = 4) -> dict[str, object]:
+              therm_stop: int = 4, clamp: float | None = None) -> dict[str, object]:
     """The paper's baselines, each at its paper setting (see the module docstring): the Thermalizer
-    on the surrogate ``sur``, and with ``surrogate_free`` the methods that use no surrogate."""
+    on the surrogate ``sur``, and with ``surrogate_free`` the methods that use no surrogate.
+    ``clamp`` bounds ``x0_hat`` of clean conditioning (generation from the top of the cosine
+    schedule, where ``x0_hat`` multiplies the network's error by up to ``1/sqrt(abar_S)``; DDPM's
+    sampler clips ``x0_hat`` to the data range the same way); unclamped, it blew up at the first
+    step on two-scale Lorenz-96."""
     from sns.baselines import ACDM, PDERefiner, Thermalizer
     from sns.export import load_model, load_schedule
     from sns.refine import SNSRefiner
@@ -147,6 +151,9 @@ def baselines(sur, den_cos, sch_cos, files: dict[str, Path], surrogate_free: boo
         out[f"ACDM (S = {load_schedule(ax).n_levels}, no surrogate)"] = ACDM(acdm, load_schedule(ax))
         out["clean conditioning (cosine, generation, S = 100)"] = SNSRefiner(
             den_cos, sch_cos, None, fixed_levels=(0, sch_cos.n_levels - 1))
+        if clamp is not None:
+            out["clean conditioning (cosine, generation, S = 100), clamp"] = SNSRefiner(
+                den_cos, sch_cos, None, fixed_levels=(0, sch_cos.n_levels - 1), clamp=clamp)
     return out
 
 
@@ -269,7 +276,8 @@ def main() -> None:
             todo = methods(sur, den_cos, sch_cos, den_log, sch_log, args.n_moves, k_log, sigma_p, args.all_methods,
                            guard, clamp=1.5 * float(norm(ref).abs().max()))
             if args.baselines:  # the surrogate-free ones listed under the good surrogate
-                todo.update(baselines(sur, den_cos, sch_cos, files, surrogate_free=which == "good"))
+                todo.update(baselines(sur, den_cos, sch_cos, files, surrogate_free=which == "good",
+                                      clamp=1.5 * float(norm(ref).abs().max())))
             for name, step in todo.items():
                 if args.only and not any(s in name for s in args.only):
                     continue
