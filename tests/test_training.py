@@ -154,6 +154,35 @@ def test_datamodule(data_root):
         WindowDataModule(data_root / "nothing").setup("fit")
 
 
+def test_epoch_sampler_and_resumable_loader(data_root):
+    """The training order is a function of (seed, epoch) alone; DDP ranks split it; a loader
+    resumed from its state continues the epoch with the remaining batches."""
+    from sns.data.datamodule import EpochSampler, ResumableDataLoader
+
+    data = list(range(10))
+    s = EpochSampler(data, seed=3)
+    assert sorted(s.order(0)) == data and s.order(0) == EpochSampler(data, seed=3).order(0)
+    assert s.order(0) != s.order(1) and s.order(0) != EpochSampler(data, seed=4).order(0)
+    s.set_epoch(1)
+    assert list(s) == s.order(1)
+    ranks = [EpochSampler(data, seed=3, num_replicas=3, rank=r).order(0) for r in range(3)]
+    assert [len(r) for r in ranks] == [4, 4, 4] and {i for r in ranks for i in r} == set(data)  # padded to 12
+    dm = WindowDataModule(data_root / "lorenz63-cpu", batch_size=16, seed=5)
+    full = [b.clone() for b in dm.train_dataloader()]
+    loader = dm.train_dataloader()
+    assert isinstance(loader, ResumableDataLoader)
+    it = iter(loader)
+    for _ in range(3):
+        next(it)
+    assert loader.state_dict() == {"epoch": 0, "batches": 3}
+    resumed = dm.train_dataloader()
+    resumed.load_state_dict(loader.state_dict())
+    rest = list(resumed)
+    assert len(rest) == len(full) - 3 and all(torch.equal(a, b) for a, b in zip(rest, full[3:]))
+    assert resumed.state_dict() == {"epoch": 0, "batches": len(full)}
+    assert len(list(resumed)) == len(full)  # the next iteration is a whole epoch again
+
+
 # ----------------------------------------------------------------------------- fitting
 
 

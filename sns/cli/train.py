@@ -11,7 +11,14 @@ loops; a damaged ``last.ckpt`` falls back to the newest readable checkpoint with
 checkpoints are written atomically and read with ``weights_only=True``); give the run a fixed
 directory (``paths.run_dir=...``) and re-run the same command after an interruption.  A re-run
 of a finished run exports the same EMA weights again and leaves the checkpoints' raw weights
-alone.  At the end, rank 0 exports the (EMA) weights with the
+alone.  A resumed run is the uninterrupted one: ``last.ckpt`` is also written at the end of a
+fit stopped between two saves (``max_steps``, ``max_time``), a stop mid-epoch is recorded as
+such, the training loader's position in the epoch and the torch RNG state are in every
+checkpoint (:class:`sns.training.ModelCheckpoint`,
+:class:`sns.data.datamodule.ResumableDataLoader`), so the same batches and random numbers
+follow and ``max_steps`` / ``max_epochs`` hold exactly; the CSV log continues in one
+``csv/version_0/metrics.csv``, its rows after the resumed checkpoint replaced
+(:class:`sns.training.CSVLogger`).  At the end, rank 0 exports the (EMA) weights with the
 model spec and the data normalisation to ``<run dir>/<task>.safetensors``
 (:mod:`sns.export`).
 
@@ -103,6 +110,22 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | No
     return str(ckpt_path)
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """The global step of a checkpoint (read with ``weights_only=True``)."""
+    from sns.training.checkpoint_io import read_checkpoint
+
+    return int(read_checkpoint(path).get("global_step", 0))
+
+
+def resume_logs(loggers: list[Any], global_step: int | None) -> None:
+    """Tell the loggers that continue one log across restarts (``resume(step)``, e.g.
+    :class:`sns.training.CSVLogger`) the global step the run resumes from (None: a fresh start):
+    the rows logged after that checkpoint are replaced, not repeated."""
+    for lg in loggers:
+        if callable(getattr(lg, "resume", None)):
+            lg.resume(global_step)
+
+
 def data_metadata(data_dir: str | Path) -> dict[str, Any]:
     """System and normalisation of a data set, recorded in exported model files."""
     from sns.data.io import check_store
@@ -171,6 +194,7 @@ def _fit(cfg: DictConfig, datamodule: Any, module: Any, callbacks: list[Any], lo
     ckpt = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     if ckpt:
         log.info("resuming from %s", ckpt)
+    resume_logs(loggers, checkpoint_step(ckpt) if ckpt else None)
     n_params = sum(p.numel() for p in module.model.parameters())
     log.info("task %s: %s (%.3fM parameters), output %s", cfg.task, module.model_spec["kind"], n_params / 1e6,
              output_dir)

@@ -10,20 +10,118 @@ Worker processes open the stores lazily (nothing is read in the parent before th
 workers start); the multiprocessing start method is configurable (``spawn`` /
 ``forkserver`` avoid forking a process that holds threads, ``fork`` starts fastest),
 and workers persist across epochs when ``num_workers > 0``.
+
+The training order depends only on ``seed`` and the epoch (:class:`EpochSampler`: its own
+generator, never the global RNG, so any ``num_workers`` gives the same batches; under DDP
+each rank takes its share), and the training loader is resumable
+(:class:`ResumableDataLoader`: Lightning stores its position in the epoch in every
+checkpoint, and a run resumed mid-epoch continues with the very batches an uninterrupted run
+would have drawn).
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
 
 from sns.data.windows import WindowDataset
 
-__all__ = ["WindowDataModule"]
+__all__ = ["EpochSampler", "ResumableDataLoader", "WindowDataModule"]
+
+
+class EpochSampler(DistributedSampler):
+    """Shuffled training order that depends only on ``(seed, epoch)``, resumable mid-epoch.
+
+    The permutation of epoch ``e`` comes from a generator of its own seeded with
+    ``seed * 1_000_003 + e`` (never the global RNG, which DataLoader workers and training steps
+    consume differently); Lightning sets the epoch (``set_epoch``) before each epoch.  Under DDP
+    (``num_replicas > 1``) each rank takes every ``num_replicas``-th index of the permutation
+    (padded to a multiple of ``num_replicas``, as ``DistributedSampler``); being a
+    ``DistributedSampler``, Lightning does not replace it.
+
+    :meth:`resume_at` makes the next iteration over ``epoch`` start after its first ``skip``
+    indices (the windows already trained on), once.
+    """
+
+    def __init__(self, dataset: Any, seed: int = 0, shuffle: bool = True, num_replicas: int = 1,
+                 rank: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=int(seed),
+                         drop_last=False)
+        self._resume: tuple[int, int] | None = None
+
+    def order(self, epoch: int) -> list[int]:
+        """This rank's indices of ``epoch``, in order."""
+        n = len(self.dataset)
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed * 1_000_003 + int(epoch))
+            indices = torch.randperm(n, generator=g).tolist()
+        else:
+            indices = list(range(n))
+        padding = self.total_size - n
+        if padding > 0:
+            indices += (indices * (padding // n + 1))[:padding]
+        return indices[self.rank:self.total_size:self.num_replicas]
+
+    def resume_at(self, epoch: int, skip: int) -> None:
+        """Start the next iteration over ``epoch`` at its ``skip``-th index."""
+        self._resume = (int(epoch), int(skip))
+
+    def __iter__(self) -> Iterator[int]:
+        indices = self.order(self.epoch)
+        if self._resume is not None:
+            epoch, skip = self._resume
+            self._resume = None
+            if epoch == self.epoch:
+                indices = indices[skip:]
+        return iter(indices)
+
+
+class ResumableDataLoader(DataLoader):
+    """A ``DataLoader`` over an :class:`EpochSampler` whose position is checkpointed.
+
+    Lightning saves ``state_dict()`` (the epoch and the number of batches handed to the training
+    loop in it) in every checkpoint and calls ``load_state_dict`` when it resumes mid-epoch; the
+    next iteration then skips those batches, so the resumed epoch continues with the batches an
+    uninterrupted run draws (no batch repeated or skipped, and Lightning's own count of the
+    epoch's batches agrees with the data).  Batches are counted in the main process, as the
+    training loop takes them (worker prefetching does not count).  The iteration starts lazily,
+    at the first batch, after Lightning has set the sampler's epoch.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._epoch, self._batches = 0, 0
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._iterate()
+
+    def _iterate(self) -> Iterator[Any]:
+        sampler = self.sampler
+        resume = getattr(sampler, "_resume", None)
+        self._epoch = getattr(sampler, "epoch", 0)
+        self._batches = resume[1] // self.batch_size if resume is not None and resume[0] == self._epoch else 0
+        for batch in super().__iter__():
+            self._batches += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": int(self._epoch), "batches": int(self._batches)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume at ``state`` (only over an :class:`EpochSampler`; another sampler, e.g. the
+        sequential one of ``overfit_batches``, starts its epoch afresh)."""
+        self._epoch, self._batches = int(state["epoch"]), int(state["batches"])
+        if isinstance(self.sampler, EpochSampler):
+            self.sampler.resume_at(self._epoch, self._batches * self.batch_size)
+
 
 _START_METHODS = ("fork", "spawn", "forkserver")
 
@@ -47,6 +145,7 @@ class WindowDataModule(pl.LightningDataModule):
         in_memory: load each split into memory once (small data sets).
         pin_memory: pin host memory (GPU training).
         max_val_windows: use at most this many validation windows (evenly spaced), None: all.
+        seed: seed of the training order (:class:`EpochSampler`; sns-train passes its ``seed``).
     """
 
     def __init__(
@@ -64,6 +163,7 @@ class WindowDataModule(pl.LightningDataModule):
         in_memory: bool = False,
         pin_memory: bool = False,
         max_val_windows: int | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         for name, value in (("history", history), ("horizon", horizon), ("val_horizon", val_horizon),
@@ -86,6 +186,9 @@ class WindowDataModule(pl.LightningDataModule):
         self.num_workers, self.start_method = num_workers, start_method
         self.in_memory, self.pin_memory = in_memory, pin_memory
         self.max_val_windows = max_val_windows
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"WindowDataModule seed must be a non-negative integer, got {seed!r}")
+        self.seed = seed
         self.train_set: WindowDataset | None = None
         self.val_set: WindowDataset | None = None
         self.test_set: WindowDataset | None = None
@@ -118,17 +221,21 @@ class WindowDataModule(pl.LightningDataModule):
         ds = self.train_set or WindowDataset(self._split("train"), 1, 1, 1)
         return tuple(ds[0].shape[1:])
 
-    def _loader(self, dataset, batch_size: int, shuffle: bool, drop_last: bool) -> DataLoader:
+    def _loader(self, dataset, batch_size: int, drop_last: bool, sampler: EpochSampler | None = None) -> DataLoader:
         workers = self.num_workers
-        return DataLoader(
+        cls = DataLoader if sampler is None else ResumableDataLoader
+        return cls(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             drop_last=drop_last,
             num_workers=workers,
             pin_memory=self.pin_memory,
             persistent_workers=workers > 0,
             multiprocessing_context=self.start_method if workers > 0 else None,
+            # the workers' base seed from a generator of the loader's own: iterating never
+            # draws from the global RNG (whose draws would then depend on num_workers)
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def _subset(self, dataset: WindowDataset):
@@ -143,14 +250,17 @@ class WindowDataModule(pl.LightningDataModule):
         if self.train_set is None:
             self.setup("fit")
         drop_last = len(self.train_set) >= self.batch_size
-        return self._loader(self.train_set, self.batch_size, True, drop_last)
+        trainer = getattr(self, "trainer", None)
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = EpochSampler(self.train_set, seed=self.seed, num_replicas=replicas, rank=rank)
+        return self._loader(self.train_set, self.batch_size, drop_last, sampler)
 
     def val_dataloader(self) -> DataLoader:
         if self.val_set is None:
             self.setup("validate")
-        return self._loader(self._subset(self.val_set), self.val_batch_size, False, False)
+        return self._loader(self._subset(self.val_set), self.val_batch_size, False)
 
     def test_dataloader(self) -> DataLoader:
         if self.test_set is None:
             self.setup("test")
-        return self._loader(self._subset(self.test_set), self.val_batch_size, False, False)
+        return self._loader(self._subset(self.test_set), self.val_batch_size, False)
