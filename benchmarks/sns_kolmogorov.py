@@ -1,0 +1,238 @@
+"""Does SNS earn its name on a field system?  The Kolmogorov cpu preset, several seeds, step budgets.
+
+Issue 14's regime / do-no-harm table for Kolmogorov flow, with the recipe that was fixed on the
+Lorenz systems *before* this benchmark existed (no choice below is made on Kolmogorov data, let
+alone its test split): a blind pair denoiser on the log-spaced sigma schedule (1e-3..80, S = 100),
+estimated levels on strided path A with ``n_moves = 2`` and proposal noise sqrt(2) x the
+surrogate's one-step RMSE on the valid split (``calibrate_proposal_sigma``); against the bare
+surrogate and fixed levels of the same denoiser (one move per leg).
+
+1. data: ``sns-generate``'s cpu preset (64^2 solver truncated to 32^2, Re 1000, frames every 0.1,
+   16 / 4 / 4 trajectories x 600 frames);
+2. per training seed, through ``sns-train`` (``experiment=kolmogorov_cpu``, batch 32, budgets in
+   optimizer steps): the residual U-Net surrogate of the preset (``conserve_mean``,
+   ``--surrogate-steps``) and the log-sigma pair denoiser (``--denoiser-steps``; the small pair
+   U-Net of ``benchmarks/quality.py``, 0.21M parameters, so that the steps fit this machine);
+3. diagnostics on the valid split: the surrogate's one-step RMSE and the heads' readings;
+4. rollouts of ``--steps`` steps from frame 0 of the 4 test trajectories (``--ic-split``);
+5. metrics in physical units against the train split (16 x 600 frames): the relative error of the
+   time-mean kinetic-energy spectrum per shell (shells 1..N/2-1, states after ``--burn`` steps;
+   also over the last fifth of the rollout, which shows drift), the enstrophy ratio, and calls
+   per step.  The floor is the ``--ic-split`` trajectories themselves against the train split.
+
+Results are saved after every rollout (``results_<split>_<steps>_seed<k>.json`` under ``--out``), so
+an interrupted run resumes at the next row; ``--report --seeds-only`` prints every seed stored.
+
+Run: ``python benchmarks/sns_kolmogorov.py --seeds 0 1 2``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lorenz_baselines import compose, cpu_data
+from quality import SMALL_PAIR
+
+REPO = Path(__file__).resolve().parents[1]
+FIXED = (0, 20, 40)
+
+
+def train_one(args, data_root: Path, name: str, task: str, seed: int, steps: int, extra: list[str]) -> Path:
+    """Train ``task`` for ``steps`` optimizer steps of batch 32 (reused when done); return the export."""
+    from sns.cli.train import train
+
+    run = args.out / "runs" / f"seed{seed}" / name
+    file = run / f"{task}.safetensors"
+    if file.exists():
+        return file
+    overrides = ["experiment=kolmogorov_cpu", f"task={task}", f"paths.data_dir={data_root}",
+                 f"paths.run_dir={run}", f"paths.output_dir={run}", "torch_threads=1", f"seed={seed}",
+                 "trainer.max_epochs=100000", f"trainer.max_steps={steps}", "trainer.max_time=null",
+                 "trainer.limit_train_batches=100", "data.batch_size=32", "trainer.limit_val_batches=2",
+                 "logger=csv", *extra]
+    t0 = time.perf_counter()
+    train(compose("train", overrides))
+    print(f"trained seed {seed} {name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    return file
+
+
+def methods(sur, den, sch, n_moves: int, sigma_p: float) -> dict[str, object]:
+    """The bare surrogate, fixed levels of the log-sigma denoiser, and the fixed recipe."""
+    from sns.baselines import GaussianApproximation
+    from sns.refine import SNSRefiner
+
+    kw = {"denoiser": den, "schedule": sch, "surrogate": sur, "path": "A"}
+    out: dict[str, object] = {"bare surrogate": GaussianApproximation(sur)}
+    for i in FIXED:
+        sigma = float(((1 - sch.abar[i]) / sch.abar[i]).sqrt())
+        out[f"log-sigma, fixed ({i},{i}) (sigma {sigma:.2g}), 1 move per leg"] = SNSRefiner(
+            **kw, fixed_levels=(i, i), n_moves=1)
+    out[f"log-sigma, estimated, n_moves {n_moves}, proposal noise sqrt(2) RMSE"] = SNSRefiner(
+        **kw, n_moves=n_moves, proposal_sigma=sigma_p)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=REPO / "outputs" / "bench-sns-kolmogorov")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=10_000)
+    p.add_argument("--surrogate-steps", type=int, default=2000)
+    p.add_argument("--denoiser-steps", type=int, default=4000)
+    p.add_argument("--sigma-min", type=float, default=1e-3)
+    p.add_argument("--n-moves", type=int, default=2)
+    p.add_argument("--ic-split", default="test", choices=["valid", "test"])
+    p.add_argument("--burn", type=int, default=100)
+    p.add_argument("--tol", type=float, default=0.15, help="per-shell relative error counted as a miss")
+    p.add_argument("--max-wall", type=float, default=20_000.0, help="safety cap per rollout (s); the budget is --steps")
+    p.add_argument("--only", nargs="*", help="substrings of the method names to run")
+    p.add_argument("--report", action="store_true", help="print the table of every seed stored so far")
+    p.add_argument("--seeds-only", action="store_true", help="with --report: run nothing, only report")
+    args = p.parse_args()
+    args.out = args.out / "kolmogorov"
+    from sns.data.io import open_dataset
+    from sns.export import load_model, load_schedule
+    from sns.metrics import RunningSpectrum, enstrophy, spectrum_distance
+    from sns.refine import calibrate_proposal_sigma
+    from sns.rollout import rollout, state_rms
+
+    data_root, data_dir = cpu_data(args.out, "kolmogorov")
+    ics_ds, train_ds, valid_ds = (open_dataset(data_dir, s) for s in (args.ic_split, "train", "valid"))
+    var = next(iter(train_ds.data_vars))
+    offset = float(np.asarray(train_ds.attrs["norm_offset"]).reshape(-1)[0])
+    scale = float(np.asarray(train_ds.attrs["norm_scale"]).reshape(-1)[0])
+    tx = ics_ds[var].values.astype(np.float64)  # (B, T, N, N) physical
+    N = tx.shape[-1]
+    shells = slice(1, N // 2)
+    norm = lambda a: torch.from_numpy(((a - offset) / scale).astype(np.float32))[:, None]  # add the channel
+    x0 = norm(tx[:, 0])
+    vx = valid_ds[var].values.astype(np.float64)
+    pairs = (norm(vx[:, :-1].reshape(-1, N, N)), norm(vx[:, 1:].reshape(-1, N, N)))
+    data_rms = float(state_rms(norm(train_ds[var].values[:, ::10].reshape(-1, N, N))).mean())
+    dt = float(train_ds.attrs["dt"]) * int(train_ds.attrs.get("save_every", 1))
+
+    def stats(x):  # x: (B, T, N, N) physical -> time-mean spectrum (shells), mean enstrophy
+        spec = RunningSpectrum(frame_ndim=2)
+        for a in range(0, x.shape[1], 500):
+            spec.update(x[:, a:a + 500])
+        return spec.result()[1]["mean"], float(enstrophy(x).mean())
+
+    e_ref, ens_ref = stats(train_ds[var].values.astype(np.float64))
+
+    def errors(x):
+        e, ens = stats(x)
+        rel, _ = spectrum_distance(e[..., shells], e_ref[..., shells])
+        return np.abs(np.asarray(rel, dtype=np.float64)).reshape(-1), ens / ens_ref
+
+    floor_rel, floor_ens = errors(tx[:, args.burn:])
+
+    results: dict[str, dict[str, list]] = {}
+    diag: dict[str, list] = {}
+    log_kw = f"diffusion.kwargs={{sigma_min:{args.sigma_min},sigma_max:80.0}}"
+    small = [f"++model.denoiser.module.net.kwargs.{k}={v}" for k, v in SMALL_PAIR.items()]
+    for seed in ([] if args.seeds_only else args.seeds):
+        files = {
+            "sur": train_one(args, data_root, "surrogate", "surrogate", seed, args.surrogate_steps, []),
+            "log": train_one(args, data_root, f"denoiser_log_sigma{args.sigma_min:g}", "denoiser", seed,
+                             args.denoiser_steps, ["diffusion=log_sigma", log_kw,
+                                                   "model.denoiser.module.val_rollout_steps=0", *small]),
+        }
+        seed_file = args.out / f"results_{args.ic_split}_{args.steps}_seed{seed}.json"
+        seed_results = json.loads(seed_file.read_text())["results"] if seed_file.exists() else {}
+        (sur, _), (den, xl) = load_model(files["sur"]), load_model(files["log"])
+        sch = load_schedule(xl)
+        with torch.no_grad():
+            from sns.refine import calibrate_skip_threshold, estimate_levels
+
+            sub = (pairs[0][::4], pairs[1][::4])
+            prop = torch.cat([sur(sub[0][a:a + 256]) for a in range(0, len(sub[0]), 256)])
+            i2c, i1c = estimate_levels(den, *sub)
+            i2p, i1p = estimate_levels(den, sub[0], prop)
+            k2, k1 = calibrate_skip_threshold(den, *sub, quantile=0.9)
+        sigma_p = calibrate_proposal_sigma(sur, *pairs, batch=256)
+        q = lambda v: float(v.double().median())
+        diag.setdefault("surrogate / log-sigma", []).append({
+            "rmse": sigma_p / 2**0.5, "clean_i2": q(i2c), "clean_i1": q(i1c), "prop_i2": q(i2p), "prop_i1": q(i1p),
+            "k2": k2, "k1": k1, "prop_i1_p90": float(i1p.double().quantile(0.9))})
+        for name, step in methods(sur, den, sch, args.n_moves, sigma_p).items():
+            if args.only and not any(s in name for s in args.only):
+                continue
+            if name in seed_results:  # done by an earlier (interrupted) run of this seed
+                r = results.setdefault(name, {f: [] for f in seed_results[name]})
+                for f, v in seed_results[name].items():
+                    r[f].extend(v)
+                continue
+            t0 = time.perf_counter()
+            res = rollout(step, x0, args.steps, store=None, dt=dt, seed=seed, data_rms=data_rms,
+                          blowup_factor=10.0, max_wall_time=args.max_wall, progress=False)
+            states = res.states[:, :, 0].double().numpy() * scale + offset  # (B, T, N, N) physical
+            stable = res.stop_step - 1 if res.stop_step is not None else res.steps_done
+            ok = res.status == "completed"
+            nan = np.full(floor_rel.shape, np.nan)
+            rel, ens = errors(states[:, args.burn + 1:]) if ok else (nan, float("nan"))
+            late, ens_late = errors(states[:, -max(states.shape[1] // 5, 1):]) if ok else (nan, float("nan"))
+            r = results.setdefault(name, {"rel": [], "late": [], "ens": [], "ens_late": [], "stable": [],
+                                          "calls": [], "status": []})
+            r["rel"].append(rel.tolist()), r["late"].append(late.tolist()), r["ens"].append(ens)
+            r["ens_late"].append(ens_late), r["stable"].append(stable), r["calls"].append(res.calls_mean)
+            r["status"].append(res.status)
+            print(f"seed {seed} | {name}: {res.status} {stable} steps, worst shell {np.nanmax(rel):.3f}, "
+                  f"late {np.nanmax(late):.3f}, enstrophy {ens:.3f}, calls {float(res.calls_mean or 'nan'):.2f}, "
+                  f"{time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+            seed_results[name] = {f: v[-1:] for f, v in r.items()}
+            seed_file.write_text(json.dumps({"results": seed_results, "diag": {k: v[-1:] for k, v in diag.items()}}))
+    if args.report:  # every seed run so far for this split and length
+        results, diag, seeds = {}, {}, []
+        for f in sorted(args.out.glob(f"results_{args.ic_split}_{args.steps}_seed*.json")):
+            seeds.append(int(f.stem.rsplit("seed", 1)[1]))
+            d = json.loads(f.read_text())
+            for k, r in d["results"].items():
+                acc = results.setdefault(k, {})
+                for field, v in r.items():
+                    acc.setdefault(field, []).extend(v)
+            for k, v in d["diag"].items():
+                diag.setdefault(k, []).extend(v)
+        args.seeds = seeds
+
+    def ms(v, f="{:.2f}"):
+        v = np.asarray(v, dtype=np.float64)
+        return f.format(np.nanmean(v)) + " ± " + f.format(np.nanstd(v)) if len(v) > 1 else f.format(v[0])
+
+    print(f"\nkolmogorov cpu preset, {args.steps} steps from {x0.shape[0]} {args.ic_split} initial conditions, "
+          f"seeds {args.seeds}; budgets (optimizer steps, batch 32): surrogate {args.surrogate_steps}, denoiser "
+          f"{args.denoiser_steps}; log-sigma {args.sigma_min:g}..80, S = 100.")
+    print(f"floor ({args.ic_split} vs train, {tx.shape[1]}-frame trajectories): worst shell {floor_rel.max():.3f}, "
+          f"shells > {args.tol:g}: {int((floor_rel > args.tol).sum())}/{floor_rel.size}, enstrophy ratio "
+          f"{floor_ens:.3f}\n")
+    print("| surrogate / denoiser | one-step RMSE | clean pair (i2, i1), median | clean pair 90% (k2, k1) "
+          "| proposal (i2, i1), median | proposal i1 90% |")
+    print("|---|---|---|---|---|---|")
+    for k, ds in diag.items():
+        g = lambda key, ds=ds: np.mean([d[key] for d in ds])
+        print(f"| {k} | {g('rmse'):.4f} | ({g('clean_i2'):.0f}, {g('clean_i1'):.0f}) | ({g('k2'):.0f}, {g('k1'):.0f}) "
+              f"| ({g('prop_i2'):.0f}, {g('prop_i1'):.0f}) | {g('prop_i1_p90'):.0f} |")
+    print(f"\n| method | completed | stable steps (min) | calls/step | worst shell | shells > {args.tol:g} "
+          f"| worst shell, last fifth | enstrophy ratio | enstrophy ratio, last fifth |")
+    print("|---" * 9 + "|")
+    for k, r in results.items():
+        rel, late = np.asarray(r["rel"], dtype=np.float64), np.asarray(r["late"], dtype=np.float64)
+        done = sum(s == "completed" for s in r["status"])
+        print(f"| {k} | {done}/{len(r['status'])} | {min(r['stable'])} | {ms(r['calls'])} | "
+              f"{ms(np.nanmax(rel, 1), '{:.3f}')} | {ms((rel > args.tol).sum(1), '{:.1f}')} | "
+              f"{ms(np.nanmax(late, 1), '{:.3f}')} | {ms(r['ens'], '{:.3f}')} | {ms(r['ens_late'], '{:.3f}')} |")
+    for k, r in results.items():  # per-shell errors, mean over seeds
+        rel = np.nanmean(np.asarray(r["rel"], dtype=np.float64), 0)
+        print(f"{k}: per shell " + " ".join(f"{v:.2f}" for v in rel), file=sys.stderr)
+    print("floor: per shell " + " ".join(f"{v:.2f}" for v in floor_rel), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
