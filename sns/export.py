@@ -71,8 +71,30 @@ def save_model(model: nn.Module, spec: Mapping[str, Any], path: str | os.PathLik
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata=meta)
+    _canonical_header(tmp)
     os.replace(tmp, path)
     return path
+
+
+def _canonical_header(path: Path) -> None:
+    """Rewrite a safetensors file's JSON header with sorted keys, in place.
+
+    safetensors writes its header from hash maps, so two saves of the same weights and metadata
+    differ in key order, hence in bytes and SHA-256 (the rollout run identity hashes model files:
+    a re-export of identical weights would then refuse to resume).  The sorted compact JSON has
+    exactly the same length (the same tokens), so the padding and the tensor offsets stay valid.
+    """
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        raw = f.read(n)
+        text = raw.decode("utf-8")
+        body = text.rstrip(" ")
+        canon = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        new = canon.encode("utf-8")
+        if len(new) != len(body.encode("utf-8")):  # not the compact form this was written for: leave it
+            return
+        f.seek(8)
+        f.write(new + raw[len(new):])
 
 
 def file_sha256(path: str | os.PathLike) -> str:

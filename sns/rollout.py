@@ -76,7 +76,8 @@ deterministic given the restored state and generator state.  Hence a rollout
 killed at any point and called again with the same arguments produces the same
 store, bit for bit, as an uninterrupted one.  (Atomic against process death, not
 against power loss: no fsync.)  A new store is built in a temporary directory
-and renamed into place, so a kill during creation never leaves a half-made store.
+and renamed into place, so a kill during creation never leaves a half-made store (the next
+creation of that store deletes such leftovers).
 There is no locking: do not run two rollouts on one store at the same time.
 
 On a second call with the same configuration a ``running`` or ``time_limit``
@@ -102,6 +103,7 @@ status ``time_limit``; calling again continues.
 from __future__ import annotations
 
 import base64
+import glob
 import hashlib
 import inspect
 import json
@@ -524,6 +526,7 @@ class _ZarrSink:
         batch, state_shape = x0.shape[0], tuple(x0.shape[1:])
         n_time = config["n_steps"] + 1
         dims = tuple(config["dims"])
+        cls.remove_stale(path)
         tmp = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex}")
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         var = root.create_array(
@@ -623,6 +626,18 @@ class _ZarrSink:
                 "or choose another path"
             )
         return root
+
+    @staticmethod
+    def remove_stale(path: Path) -> None:
+        """Delete what a run killed while creating or deleting the store at ``path`` left next to
+        it (``.<name>.partial-<hex>``, ``.<name>.deleting-<hex>``: no ``except`` runs on SIGKILL).
+        Only one rollout writes a store at a time, so none of them is in use."""
+        prefix = f".{path.name}."
+        for p in path.parent.glob(f".{glob.escape(path.name)}.*"):
+            rest = p.name[len(prefix):]
+            kind, _, tag = rest.partition("-")
+            if kind in ("partial", "deleting") and len(tag) == 32 and p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
 
     @staticmethod
     def remove(path: Path) -> None:

@@ -27,7 +27,8 @@ def _installed(module: str) -> bool:
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_PATH) / "experiment").glob("*.yaml"))
 STATE = {"lorenz63": (3,), "lorenz96": (40,), "lorenz96_two_scale_cpu": (8,), "kolmogorov_cpu": (1, 32, 32), "kolmogorov_paper": (1, 64, 64),
-         "qg_cpu": (2, 32, 32), "qg_paper": (2, 64, 64)}
+         "qg_cpu": (2, 32, 32), "qg_paper": (2, 64, 64),
+         "generic_vector": (5,), "generic_field": (2, 16, 8)}  # generic: the shapes given below
 # Reduced sizes for the U-Nets (the paper models have 45-240M parameters).
 SHRINK_UNET = {"dim": 8, "dim_mults": "[1,2]", "n_blocks": 1}
 SHRINK_PAIR = {**SHRINK_UNET, "emb_dim": 16, "head_features": 16, "head_hidden": 16, "attn_levels": "[]"}
@@ -43,7 +44,11 @@ def shrink(experiment, task):
     """Overrides that make a config instantiable on a CPU in a second."""
     out = ["trainer.accelerator=cpu", "trainer.devices=1", "diffusion.n_levels=10"]
     kind = "sur" if task in ("surrogate", "neural_ode") else "pair"
-    if experiment.startswith(("kolmogorov", "qg")):
+    if experiment == "generic_vector":  # imported data: the data directory and the state shape are given
+        out += ["data.data_dir=data/generic-imported", "model.state_dim=5"]
+    if experiment == "generic_field":
+        out += ["data.data_dir=data/generic-imported", "model.state_shape=[2,16,8]"]
+    if experiment.startswith(("kolmogorov", "qg", "generic_field")):
         for k, v in (SHRINK_PAIR if kind == "pair" else SHRINK_UNET).items():
             out.append(f"++model.{task}.module.net.kwargs.{k}={v}")
     return out

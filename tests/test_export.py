@@ -82,3 +82,21 @@ def test_export_checkpoint_holds_ema_weights(tmp_path):
     # EMA really averaged: the exported weights are not the initial ones
     init = SurrogateModule({"kind": "residual_mlp", "kwargs": {"dim": 3, "width": 16}}).model.state_dict()
     assert not torch.equal(init["net.net.4.weight"], loaded.state_dict()["net.net.4.weight"])
+
+
+def test_saves_of_the_same_weights_are_the_same_bytes(tmp_path):
+    """safetensors writes its header from hash maps; save_model sorts it, so the file's SHA-256
+    (the rollout run identity) depends only on the weights and metadata."""
+    from sns.export import file_sha256
+
+    spec = {"kind": "mlp_pair", "kwargs": {"dim": 3, "n_levels": 10, "width": 16}}
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    extra = {"task": "denoiser", "norm_scale": [4.44], "norm_offset": [0.0], "schedule": {"kind": "cosine"}}
+    hashes = {file_sha256(save_model(model, spec, tmp_path / f"m{i}.safetensors", extra)) for i in range(6)}
+    assert len(hashes) == 1
+    loaded, got = load_model(tmp_path / "m0.safetensors")
+    assert got == extra
+    x = torch.randn(2, 3)
+    for a, b in zip(outputs(model, x), outputs(loaded, x)):
+        assert torch.equal(a, b)

@@ -27,6 +27,10 @@ Metrics (one row per method; the reference's own row where meaningful), all in p
   ``<w^2>/2`` over the reference's), and ``t_corr_<c>``: steps until the Pearson correlation
   with the reference trajectory from the same initial condition falls below ``c`` (only when the
   rollout records its source: attrs ``split`` = the reference split's name and ``start_frame``);
+  the spectra and ``C(|r|, tau)`` need a square grid of even size: on other grids (data imported
+  with ``sns-import``, system ``generic``) they are left out and the report says so (``notes``);
+  for ``generic`` fields the spectra read each channel as a vorticity, which leaves the per-shell
+  relative errors those of the field's own power spectrum;
 * vector states: ``w1_mean`` / ``w1_max`` (per-coordinate Wasserstein-1 of the invariant measures,
   mean / max over coordinates), ``std_ratio`` (mean over coordinates), ``incr_w1`` (W1 of the
   one-frame increments pooled over coordinates: the short-time dynamics, which a deterministic
@@ -65,11 +69,12 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from sns.cli import CONFIG_PATH
+from sns.cli import CONFIG_PATH, check_missing
 
 log = logging.getLogger(__name__)
 
 REFERENCE = "reference"
+GENERIC = "generic"  # sns.data.schema.GENERIC: imported data (any grid, fields of unknown meaning)
 
 
 class Source:
@@ -81,7 +86,11 @@ class Source:
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"store {self.path} does not exist")
-        ds = xr.open_zarr(str(self.path), consolidated=False)
+        try:
+            ds = xr.open_zarr(str(self.path), consolidated=False)
+        except Exception as err:  # noqa: BLE001 - zarr / xarray raise many types for a foreign store
+            raise ValueError(f"{self.path} is not a data-set split or rollout store ({type(err).__name__}: "
+                             f"{err})") from None
         self.attrs = dict(ds.attrs)
         self.is_rollout = "rollout_status" in self.attrs
         if self.is_rollout:
@@ -95,6 +104,9 @@ class Source:
                 raise ValueError(f"{self.path}: expected one data variable, found {names}")
             var = names[0]
         arr = ds[var]
+        if arr.ndim < 3 or 0 in arr.shape[:2]:
+            raise ValueError(f"{self.path}: variable {var!r} of shape {tuple(arr.shape)} holds no states (expected "
+                             "(trajectory, time, ...) with at least one of each)")
         if arr.ndim == 4 and not self.is_rollout:  # (traj, time, y, x) -> add the channel axis
             arr = arr.expand_dims("channel", axis=2)
         self.array = arr
@@ -135,8 +147,15 @@ def _flat(x: np.ndarray) -> np.ndarray:
     return x.reshape(*x.shape[:2], -1)
 
 
+def spectral_grid(shape: Sequence[int]) -> bool:
+    """Whether fields of trailing shape ``(..., H, W)`` have the square, even grid that the
+    isotropic spectra and ``C(|r|, tau)`` need (imported data may have any grid)."""
+    h, w = int(shape[-2]), int(shape[-1])
+    return h == w and h >= 2 and h % 2 == 0
+
+
 def _field_stats(src: Source, burn: int, chunk: int, corr_steps: int, max_lag: int,
-                 spectrum_steps: Sequence[int]) -> dict[str, Any]:
+                 spectrum_steps: Sequence[int], spectral: bool = True) -> dict[str, Any]:
     from sns.metrics import (
         RunningSpectrum,
         energy_spectrum,
@@ -147,7 +166,7 @@ def _field_stats(src: Source, burn: int, chunk: int, corr_steps: int, max_lag: i
     )
 
     C = src.array.shape[2]
-    spec = RunningSpectrum(frame_ndim=2 if C == 1 else 3)
+    spec = RunningSpectrum(frame_ndim=2 if C == 1 else 3) if spectral else None
     ens, rate, prev = [], [], None
     start = burn if src.n_time > burn + 1 else 0
     for a, x in src.chunks(0, chunk):
@@ -157,12 +176,16 @@ def _field_stats(src: Source, burn: int, chunk: int, corr_steps: int, max_lag: i
             rate.append(rate_of_change(_flat(frames), src.dt, time_axis=1).mean(0))
         prev = x[:, -1:]
         lo = max(start - a, 0)
-        if lo < x.shape[1]:
+        if spec is not None and lo < x.shape[1]:
             spec.update(x[:, lo:, 0] if C == 1 else x[:, lo:])
-    k, stats = spec.result()
     head = src.read(0, min(corr_steps + 1, src.n_time))
     lag = min(max_lag, head.shape[1] - 1)
     corr = spatiotemporal_correlation(_flat(head), lag, time_axis=1) if lag >= 1 else np.ones(1)
+    if spec is None:  # no isotropic spectra / C(|r|, tau) on this grid
+        return {"k": None, "spectrum": None, "enstrophy": np.concatenate(ens),
+                "rate": np.concatenate(rate) if rate else np.zeros(0), "corr": corr, "spectra_at": {},
+                "r": None, "corr_r": None}
+    k, stats = spec.result()
     # C(|r|, tau), averaged over layers: (lag + 1, N/2 + 1)
     r, prof = radial_correlation(space_time_correlation(head[:, :, 0] if C == 1 else head, max(lag, 0)))
     prof = prof if C == 1 else prof.mean(axis=1)
@@ -360,32 +383,49 @@ def evaluate(
 
     if not rollouts:
         raise ValueError("no rollouts to evaluate: give at least one {method: store}")
-    for name, v in (("chunk", chunk), ("max_lag", max_lag)):
-        if not isinstance(v, int) or v < 1:
+    for name, v in (("chunk", chunk), ("max_lag", max_lag), ("corr_steps", corr_steps), ("acf_steps", acf_steps),
+                    ("max_samples", max_samples)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if not isinstance(burn, int) or isinstance(burn, bool) or burn < 0:
+        raise ValueError(f"burn must be a non-negative integer, got {burn!r}")
     if ensemble_leads is not None and (not isinstance(ensemble_leads, int) or ensemble_leads < 1):
         raise ValueError(f"ensemble_leads must be a positive integer or null, got {ensemble_leads!r}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     ref = Source(reference)
     srcs = {name: Source(p) for name, p in rollouts.items()}
     for name, s in srcs.items():
         if s.array.shape[2:] != ref.array.shape[2:]:
             raise ValueError(f"rollout {name!r} has states of shape {tuple(s.array.shape[2:])} but the reference "
                              f"{tuple(ref.array.shape[2:])}")
+    out.mkdir(parents=True, exist_ok=True)  # only once the inputs are known good: a refused call writes nothing
     longest = max(s.n_time for s in srcs.values())
     span = max(longest, ref.n_time)  # x axis of the time-series figures
     rows: list[dict[str, Any]] = []
     figures: list[Path] = []
     dt = ref.dt or next((s.dt for s in srcs.values() if s.dt), None) or 1.0
+    notes: list[str] = []  # what the report leaves out or reads differently, and why
+    generic = any(s.attrs.get("system") == GENERIC for s in (ref, *srcs.values()))
     if ref.field:
         snap = list(snapshot_steps) if snapshot_steps is not None else sorted(
             {int(v) for v in np.linspace(0, longest - 1, 5)})
         spec_t = list(spectrum_steps) if spectrum_steps is not None else sorted(
             {int(v) for v in np.linspace(0, longest - 1, 3)})
-        stats = {REFERENCE: _field_stats(ref, 0, chunk, corr_steps, max_lag, spec_t)}
+        spectral = spectral_grid(ref.array.shape)
+        if not spectral:
+            notes.append(f"grid {ref.array.shape[-2]} x {ref.array.shape[-1]} (y x x) is not square with an even "
+                         "size: the isotropic spectra (spec_max_rel, spec_log_l2, spectra figures) and C(|r|, tau) "
+                         "(corr_r_err, corr_r_tau.png) are not computed")
+        elif generic:
+            notes.append("system generic: the spectra read each channel as a vorticity (E(k) of the velocity whose "
+                         "vorticity it is); their per-shell relative errors (spec_max_rel, spec_log_l2) equal those "
+                         "of the field's own power spectrum")
+        if generic:
+            notes.append("system generic: enstrophy_ratio is the ratio of the time-mean <x^2>/2 (mean square of "
+                         "the field), whatever the field is")
+        stats = {REFERENCE: _field_stats(ref, 0, chunk, corr_steps, max_lag, spec_t, spectral)}
         for name, s in srcs.items():
-            stats[name] = _field_stats(s, burn, chunk, corr_steps, max_lag, spec_t)
+            stats[name] = _field_stats(s, burn, chunk, corr_steps, max_lag, spec_t, spectral)
         rs = stats[REFERENCE]
         N = ref.array.shape[-1]
         shells = slice(1, N // 2)
@@ -395,13 +435,15 @@ def evaluate(
             row: dict[str, Any] = {"method": name}
             row.update(_rollout_info(srcs[name]) if name != REFERENCE else
                        {"status": "-", "steps": ref.n_time - 1})
-            rel, log_l2 = spectrum_distance(st["spectrum"][..., shells], rs["spectrum"][..., shells])
-            row["spec_max_rel"] = float(np.nanmax(rel))
-            row["spec_log_l2"] = float(np.mean(log_l2))
+            if spectral:
+                rel, log_l2 = spectrum_distance(st["spectrum"][..., shells], rs["spectrum"][..., shells])
+                row["spec_max_rel"] = float(np.nanmax(rel))
+                row["spec_log_l2"] = float(np.mean(log_l2))
             lag = min(len(st["corr"]), len(rs["corr"]))
             row["corr_err"] = float(np.max(np.abs(st["corr"][:lag] - rs["corr"][:lag])))
-            lag = min(len(st["corr_r"]), len(rs["corr_r"]))
-            row["corr_r_err"] = float(np.max(np.abs(st["corr_r"][:lag] - rs["corr_r"][:lag])))
+            if spectral:
+                lag = min(len(st["corr_r"]), len(rs["corr_r"]))
+                row["corr_r_err"] = float(np.max(np.abs(st["corr_r"][:lag] - rs["corr_r"][:lag])))
             b = burn if name != REFERENCE and len(st["enstrophy"]) > burn + 1 else 0
             row["enstrophy_ratio"] = float(st["enstrophy"][b:].mean() / rs["enstrophy"].mean())
             if name != REFERENCE:
@@ -421,22 +463,24 @@ def evaluate(
             frames[name] = panel
         figures.append(out / "snapshots.png")
         plot_snapshots(frames, snap, title="channel 0 (trajectory 0)", path=figures[-1])
-        figures.append(out / "spectra_time_mean.png")
-        kk = rs["k"][: N // 2]
-        plot_spectra(kk, {n: (st["spectrum"] if st["spectrum"].ndim == 1 else st["spectrum"].sum(0))[: N // 2]
-                          for n, st in stats.items()}, path=figures[-1])
-        for t in spec_t:
-            sp = {n: st["spectra_at"][t] for n, st in stats.items() if t in st["spectra_at"]}
-            sp = {n: (e if e.ndim == 1 else e.sum(0))[: N // 2] for n, e in sp.items()}
-            figures.append(out / f"spectra_step_{t}.png")
-            plot_spectra(kk, sp, title=f"energy spectrum at step {t}", path=figures[-1])
+        if spectral:
+            figures.append(out / "spectra_time_mean.png")
+            kk = rs["k"][: N // 2]
+            plot_spectra(kk, {n: (st["spectrum"] if st["spectrum"].ndim == 1 else st["spectrum"].sum(0))[: N // 2]
+                              for n, st in stats.items()}, path=figures[-1])
+            for t in spec_t:
+                sp = {n: st["spectra_at"][t] for n, st in stats.items() if t in st["spectra_at"]}
+                sp = {n: (e if e.ndim == 1 else e.sum(0))[: N // 2] for n, e in sp.items()}
+                figures.append(out / f"spectra_step_{t}.png")
+                plot_spectra(kk, sp, title=f"energy spectrum at step {t}", path=figures[-1])
         figures.append(out / "corr_tau.png")
         plot_lines(np.arange(max_lag + 1) * dt, {n: st["corr"] for n, st in stats.items()}, "lag tau (time units)",
                    "C(tau)", "spatio-temporal correlation C(tau)", path=figures[-1])
-        figures.append(out / "corr_r_tau.png")
-        n_lag = min(len(st["corr_r"]) for st in stats.values())
-        plot_corr_r_tau(rs["r"], {n: st["corr_r"] for n, st in stats.items()},
-                        sorted({0, (n_lag - 1) // 2, n_lag - 1}), dt, path=figures[-1])
+        if spectral:
+            figures.append(out / "corr_r_tau.png")
+            n_lag = min(len(st["corr_r"]) for st in stats.values())
+            plot_corr_r_tau(rs["r"], {n: st["corr_r"] for n, st in stats.items()},
+                            sorted({0, (n_lag - 1) // 2, n_lag - 1}), dt, path=figures[-1])
         figures.append(out / "rate_of_change.png")
         plot_lines(np.arange(1, span + 1) * dt, {n: st["rate"] for n, st in stats.items() if len(st["rate"])},
                    "time", "R(t) = mean |dx/dt|", "rate of change R(t)", path=figures[-1])
@@ -496,6 +540,8 @@ def evaluate(
             row.update(_ensemble_summary(curves[row["method"]]))
     if curves:
         figures += _write_ensemble(curves, out, dt)
+    for note in notes:
+        log.warning("sns-evaluate: %s", note)
     table = _markdown(rows)
     keys = list(dict.fromkeys(k for r in rows for k in r))
     with open(out / "metrics.csv", "w", newline="") as f:
@@ -503,9 +549,12 @@ def evaluate(
         w.writeheader()
         w.writerows(rows)
     (out / "metrics.json").write_text(json.dumps(rows, indent=1, default=float))
-    (out / "metrics.md").write_text(f"Reference: {ref.path}\n\n{table}\n")
+    text = "".join(f"Note: {n}.\n" for n in notes)
+    (out / "metrics.md").write_text(f"Reference: {ref.path}\n\n{table}\n" + (f"\n{text}" if text else ""))
     print(table)
-    return {"rows": rows, "figures": figures, "table": table, "out_dir": out, "ensemble": curves}
+    for note in notes:
+        print(f"Note: {note}.")
+    return {"rows": rows, "figures": figures, "table": table, "out_dir": out, "ensemble": curves, "notes": notes}
 
 
 def _markdown(rows: list[dict[str, Any]]) -> str:
@@ -526,7 +575,14 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     try:
+        import inspect
+
+        check_missing(cfg)
         kw = OmegaConf.to_container(cfg.options, resolve=True)
+        valid = [n for n, p in inspect.signature(evaluate).parameters.items() if p.kind is p.KEYWORD_ONLY]
+        unknown = sorted(set(kw) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown options {', '.join('options.' + k for k in unknown)}; valid choices: {valid}")
         evaluate(cfg.reference, OmegaConf.to_container(cfg.rollouts, resolve=True), cfg.out_dir, **kw)
     except (ValueError, FileNotFoundError) as err:
         print(f"sns-evaluate: error: {err}", file=sys.stderr)

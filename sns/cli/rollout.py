@@ -30,7 +30,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from sns.cli import CONFIG_PATH, check_cuda, check_numbers
+from sns.cli import CONFIG_PATH, check_cuda, check_fits, check_missing, check_numbers
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +48,16 @@ SETTINGS = {"surrogate": "gaussian", "sns": "refiner", "acdm": "acdm", "thermali
             "pde_refiner": "pde_refiner"}  # method -> attrs key of its settings
 
 
-def build_stepper(cfg: DictConfig, data_attrs: dict[str, Any], device: Any) -> tuple[Any, dict[str, Any]]:
+def build_stepper(cfg: DictConfig, data_attrs: dict[str, Any], device: Any,
+                  state_shape: tuple[int, ...] | None = None) -> tuple[Any, dict[str, Any]]:
     """The stepper of ``cfg`` and the attrs that describe it.
 
     The method follows from the files: no ``denoiser`` -> the surrogate alone (Gaussian
     approximation, optional noise ``gaussian.sigma``); otherwise the ``method`` recorded in the
     denoiser's file (``sns``, ``acdm``, ``thermalizer``, ``pde_refiner``; files written before
     baselines existed are ``sns``).  SNS and the Thermalizer wrap the surrogate; ACDM and
-    PDE-Refiner are their own forecasters and refuse one.
+    PDE-Refiner are their own forecasters and refuse one.  With ``state_shape`` (one state of the
+    data set), a model file made for other states is refused (:func:`sns.cli.check_fits`).
     """
     from sns.baselines import ACDM, GaussianApproximation, PDERefiner, Thermalizer
     from sns.export import file_sha256, load_model, load_schedule
@@ -69,6 +71,8 @@ def build_stepper(cfg: DictConfig, data_attrs: dict[str, Any], device: Any) -> t
         if s_extra.get("task") != "surrogate":
             raise ValueError(f"{cfg.surrogate} holds a {s_extra.get('task')!r} model, expected a surrogate")
         _check_norm(str(cfg.surrogate), s_extra, data_attrs)
+        if state_shape is not None:
+            check_fits(surrogate, state_shape, f"surrogate {cfg.surrogate}", f"data set {cfg.data_dir}")
         attrs["surrogate"] = str(cfg.surrogate)
         attrs["surrogate_sha256"] = file_sha256(cfg.surrogate)
     if cfg.denoiser is None:
@@ -82,6 +86,8 @@ def build_stepper(cfg: DictConfig, data_attrs: dict[str, Any], device: Any) -> t
         raise ValueError(f"{cfg.denoiser} holds a {d_extra.get('task')!r} model, expected a diffusion model "
                          "(sns-train task=denoiser|acdm|thermalizer|pde_refiner)")
     _check_norm(str(cfg.denoiser), d_extra, data_attrs)
+    if state_shape is not None and getattr(model, "state_shape", None) is not None:
+        check_fits(model, state_shape, f"denoiser {cfg.denoiser}", f"data set {cfg.data_dir}")
     method = d_extra.get("method", "sns")
     if method not in METHODS:
         raise ValueError(f"{cfg.denoiser} records method {method!r}; valid choices: {METHODS}")
@@ -93,7 +99,11 @@ def build_stepper(cfg: DictConfig, data_attrs: dict[str, Any], device: Any) -> t
         raise ValueError(f"method {method!r} forecasts on its own and uses no surrogate: set surrogate=null")
     if method == "sns":
         r = OmegaConf.to_container(cfg.refiner, resolve=True)
-        fixed = tuple(int(v) for v in r["fixed_levels"]) if r.get("fixed_levels") is not None else None
+        try:
+            fixed = tuple(int(v) for v in r["fixed_levels"]) if r.get("fixed_levels") is not None else None
+        except (TypeError, ValueError):
+            raise ValueError(f"refiner.fixed_levels must be two integer table levels [i2, i1] or null, got "
+                             f"{r['fixed_levels']!r}") from None
         skip = r.get("skip_threshold")
         skip = tuple(int(v) for v in skip) if isinstance(skip, (list, tuple)) else skip
         if isinstance(r["proposal_sigma"], str):
@@ -182,7 +192,7 @@ def _split_states(path: Path, max_states: int) -> Any:
 
     check_store(path)
     ds = WindowDataset(path, history=1, horizon=1, stride=1, in_memory=True)
-    if ds.is_field:
+    if ds[0].ndim > 2:  # (T, C, H, W): any field (one channel, layers, imported channels), not only (T, 1, H, W)
         raise ValueError("refiner.state_guard is for vector systems (nearest neighbours of field states "
                          "measure the sampling floor, not a drift); set refiner.state_guard=false")
     idx = torch.linspace(0, len(ds) - 1, min(len(ds), max_states)).long().unique()
@@ -214,8 +224,15 @@ def run_rollout(cfg: DictConfig) -> Any:
     from sns.data.windows import WindowDataset
     from sns.rollout import rollout, state_rms
 
-    check_numbers(cfg, ints=("seed", "n_steps", "trajectories", "start_frame", "chunk", "torch_threads", "ensemble"),
-                  floats=("blowup_factor", "max_wall_time", "gaussian.sigma"))
+    check_missing(cfg)
+    check_numbers(cfg, ints=("seed", "n_steps", "trajectories", "start_frame", "chunk", "torch_threads", "ensemble",
+                             "refiner.n_moves", "thermalizer.start", "thermalizer.stop", "thermalizer.limit"),
+                  floats=("blowup_factor", "max_wall_time", "gaussian.sigma", "refiner.eta", "refiner.clamp",
+                          "thermalizer.sigma", "thermalizer.clamp", "acdm.clamp"))
+    from sns.data.schema import SPLITS
+
+    if cfg.split not in SPLITS:
+        raise ValueError(f"unknown split {cfg.split!r}; valid choices: {list(SPLITS)}")
     check_cuda("device", cfg.device)
     members = 1 if cfg.get("ensemble") is None else int(cfg.ensemble)
     if members < 1:
@@ -225,7 +242,8 @@ def run_rollout(cfg: DictConfig) -> Any:
     device = torch.device(cfg.device)
     split_path = Path(cfg.data_dir) / f"{cfg.split}.zarr"
     data_attrs = check_store(split_path)
-    step, attrs = build_stepper(cfg, data_attrs, device)
+    ds = WindowDataset(split_path, history=1, horizon=1, stride=1)
+    step, attrs = build_stepper(cfg, data_attrs, device, state_shape=tuple(ds[0][0].shape))
     attrs["conserve_mean"] = bool(cfg.get("conserve_mean", False))
     if attrs["conserve_mean"]:  # keep each channel's spatial mean of the previous state (fields)
         from sns.constraints import ConserveMean
@@ -235,7 +253,6 @@ def run_rollout(cfg: DictConfig) -> Any:
                   "norm_offset": data_attrs["norm_offset"], "norm_scale": data_attrs["norm_scale"],
                   "system": data_attrs["system"]})
     n = int(cfg.trajectories)
-    ds = WindowDataset(split_path, history=1, horizon=1, stride=1)
     if n < 1 or n > len(ds.traj_index):
         raise ValueError(f"trajectories must be in [1, {len(ds.traj_index)}] for {split_path}, got {n}")
     if not 0 <= int(cfg.start_frame) <= ds.n_time - 2:

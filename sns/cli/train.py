@@ -38,9 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
-from sns.cli import CONFIG_PATH, check_cuda, check_numbers
+from sns.cli import CONFIG_PATH, check_cuda, check_fits, check_numbers, instantiation_message
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,10 @@ def check_settings(cfg: DictConfig) -> None:
     check_numbers(cfg, ints=("seed", "torch_threads", *(f"trainer.{k}" for k in TRAINER_INTS)),
                   floats=(*(f"trainer.{k}" for k in TRAINER_FLOATS), *(f"{opt}.{k}" for k in OPTIMIZER_FLOATS)))
     check_cuda("trainer.accelerator", cfg.trainer.get("accelerator"))
+    for k in ("lr", "weight_decay"):
+        value = cfg.model[cfg.task].module.get("optimizer", {}).get(k)
+        if value is not None and float(value) < 0:
+            raise ValueError(f"{opt}.{k} must be >= 0, got {value!r}")
 
 
 def _new_log_dirs(loggers: list[Any]) -> list[Path]:
@@ -143,7 +148,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import lightning.pytorch as pl
     import torch
     from hydra.utils import instantiate
+    from omegaconf import OmegaConf
 
+    # mandatory settings of the model config itself (the generic models' state_dim / state_shape)
+    # and of the data, named before anything is built
+    missing = [f"{group}.{k}" for group in ("model", "data") for k in cfg[group]
+               if OmegaConf.is_missing(cfg[group], k)]
+    if missing:
+        raise ValueError(f"missing mandatory setting(s) {', '.join(missing)}: give them on the command line "
+                         f"(e.g. {missing[0]}=...)")
     tasks = [k for k, v in cfg.model.items() if isinstance(v, DictConfig) and "module" in v]
     if cfg.task not in tasks:
         raise ValueError(f"unknown task {cfg.task!r} for this model config; valid choices: {tasks}")
@@ -155,6 +168,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.model[cfg.task].module, _convert_="all")
+    if cfg.task == "surrogate" or getattr(module.model, "state_shape", None) is not None:
+        # a model of another system / dimension: refused here, naming the config and the data set
+        check_fits(module.model, datamodule.state_shape, f"model.{cfg.task} ({module.model_spec['kind']})",
+                   f"data set {datamodule.data_dir}")
     callbacks = _instantiate_group(cfg.get("callbacks"), "callbacks")
     loggers = _instantiate_group(cfg.get("logger"), "logger")
     new_logs, ckpts = _new_log_dirs(loggers), _checkpoints(output_dir)
@@ -227,6 +244,9 @@ def main(cfg: DictConfig) -> float | None:
         metrics = train(cfg)
     except (ValueError, FileNotFoundError) as err:
         print(f"sns-train: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except InstantiationException as err:  # a constructor refused its config (data.batch_size=0, ...)
+        print(f"sns-train: error: {instantiation_message(err)}", file=sys.stderr)
         sys.exit(2)
     name = cfg.get("optimized_metric")
     if name and name not in metrics:

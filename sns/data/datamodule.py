@@ -199,7 +199,8 @@ class WindowDataModule(pl.LightningDataModule):
             present = sorted(p.name for p in self.data_dir.glob("*.zarr")) if self.data_dir.exists() else []
             raise FileNotFoundError(
                 f"{path} does not exist (found {present or 'nothing'} in {self.data_dir}); "
-                "make the data set first, e.g. `sns-generate system=<name> preset=cpu out=<dir>`"
+                "make the data set first, e.g. `sns-generate system=<name> preset=cpu out=<dir>`, or import one "
+                "with `sns-import source=<file> out=<dir>`"
             )
         return path
 

@@ -253,14 +253,15 @@ def write_split(path: Path, system_name: str, preset_name: str, preset: Preset, 
 def channel_stats(path: Path) -> tuple[list[float], list[float]]:
     """Per-channel mean and standard deviation of a split store, streamed trajectory by trajectory.
 
-    Channels: the ``layer`` (QG) or ``dim`` (vector systems) axis; one channel for plain
-    fields and for statistically homogeneous systems (layout ``pooled_stats``, e.g. Lorenz-96).
+    Channels: the ``layer`` (QG), ``channel`` (imported fields) or ``dim`` (vector systems)
+    axis; one channel for plain fields and for statistically homogeneous systems (layout
+    ``pooled_stats``, e.g. Lorenz-96).
     """
-    root = zarr.open_group(str(path), mode="r")
+    root = zarr.open_group(str(path), mode="r", use_consolidated=False)
     var = root[root.attrs["variable"]]
     dims = tuple(var.metadata.dimension_names)
-    ch_axis = next((i for i, d in enumerate(dims) if d in (schema.LAYER, schema.DIM)), None)
-    if schema.layout(root.attrs["system"]).get("pooled_stats"):
+    ch_axis = next((i for i, d in enumerate(dims) if d in (schema.LAYER, schema.CHANNEL, schema.DIM)), None)
+    if schema.layout(root.attrs["system"], dict(root.attrs)).get("pooled_stats"):
         ch_axis = None
     n_ch = var.shape[ch_axis] if ch_axis is not None else 1
     s1 = np.zeros(n_ch)
@@ -281,18 +282,27 @@ def channel_stats(path: Path) -> tuple[list[float], list[float]]:
     return mean.tolist(), std.tolist()
 
 
-def normalisation(system_name: str, preset_name: str, mean: list[float], std: list[float]) -> tuple[list[float], list[float]]:
+def normalisation(system_name: str, preset_name: str, mean: list[float], std: list[float],
+                  centre: bool | None = None) -> tuple[list[float], list[float]]:
     """The normalisation ``x_norm = (x - offset) / scale`` stored with a data set.
 
     Paper presets use the paper's fixed scales where the system module defines
     ``NORM_SCALES`` (Kolmogorov 4.44; QG per layer); otherwise the train split's
-    standard deviation.  Fields (zero-mean by construction) get offset 0;
-    vector systems are centred on the train mean.
+    standard deviation (1 where it is 0).  Fields (zero-mean by construction) get offset 0;
+    vector systems are centred on the train mean.  ``centre`` overrides that choice (the
+    importer passes it: a foreign field need not have zero mean); it is required for
+    :data:`sns.data.schema.GENERIC`, which has no solver module and no fixed scales.
     """
-    module = __import__(system_class(system_name).__module__, fromlist=["NORM_SCALES"])
-    fixed = getattr(module, "NORM_SCALES", None)
-    is_vector = schema.layout(system_name)["dims"] == (schema.DIM,)
-    offset = list(mean) if is_vector else [0.0] * len(mean)
+    if system_name == schema.GENERIC:
+        if centre is None:
+            raise ValueError(f"normalisation of a {schema.GENERIC!r} data set needs centre=True/False")
+        fixed = None
+    else:
+        module = __import__(system_class(system_name).__module__, fromlist=["NORM_SCALES"])
+        fixed = getattr(module, "NORM_SCALES", None)
+        if centre is None:
+            centre = schema.layout(system_name)["dims"] == (schema.DIM,)
+    offset = [float(m) for m in mean] if centre else [0.0] * len(mean)
     if preset_name == "paper" and fixed is not None:
         scale = [float(s) for s in np.broadcast_to(np.asarray(fixed, dtype=float), (len(std),))]
     else:
@@ -314,7 +324,18 @@ def _finalise(partials: dict[str, Path], finals: dict[str, Path], system_name: s
     for split, partial in partials.items():
         root = zarr.open_group(str(partial), mode="r+")
         root.attrs.update({"data_mean": mean, "data_std": std, "norm_offset": offset, "norm_scale": scale})
+        consolidate(partial)
         os.replace(partial, finals[split])
+
+
+def consolidate(path: Path) -> None:
+    """Write consolidated metadata into a finished store, so that a plain ``xr.open_zarr(path)``
+    opens it without warning (``sns``'s readers read the arrays' own metadata regardless)."""
+    import warnings
+
+    with warnings.catch_warnings():  # "consolidated metadata is not part of the zarr v3 spec"
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        zarr.consolidate_metadata(str(path))
 
 
 class GenerationLocked(RuntimeError):

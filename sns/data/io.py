@@ -27,7 +27,9 @@ def check_store(path: str | os.PathLike) -> dict:
         hint = f" (an unfinished {partial.name} exists: rerun generation to resume)" if partial.exists() else ""
         raise DatasetError(f"no data set store at {path}{hint}")
     try:
-        root = zarr.open_group(str(path), mode="r")
+        # never the consolidated copy of the metadata: a store changed after it was written
+        # (e.g. an array resized) must be read as it is
+        root = zarr.open_group(str(path), mode="r", use_consolidated=False)
         attrs = dict(root.attrs)
     except Exception as err:  # zarr raises several types for unreadable stores
         raise DatasetError(f"{path} is not a readable zarr store: {err}") from err
@@ -49,7 +51,10 @@ def check_store(path: str | os.PathLike) -> dict:
         var = root[name]
     except KeyError as err:
         raise DatasetError(f"{path} lacks its data variable {name!r}") from err
-    want = schema.variable_dims(attrs["system"])
+    try:
+        want = schema.variable_dims(attrs["system"], attrs)
+    except ValueError as err:
+        raise DatasetError(f"{path}: {err}") from err
     dims = tuple(var.metadata.dimension_names or ())
     if dims != want:
         raise DatasetError(f"{path}: variable {name!r} has dims {dims}, expected {want}")
@@ -93,11 +98,15 @@ def summary(directory: str | os.PathLike) -> str:
         text = ", ".join(f"{x:.4g}" for x in v[:4])
         return text + (f", ... ({len(v)} channels)" if len(v) > 4 else "")
 
+    if a["system"] == schema.GENERIC:  # imported: no solver, dt is the frame interval
+        origin = [f"  imported from {a.get('source')} (no solver); frame interval {a['dt']:.4g}"]
+    else:
+        origin = [f"  solver params: {a['params']}",
+                  f"  dt {a['dt']:.4g}, saved every {a['save_every']} steps, spin-up {a['spinup_steps']} steps"]
     head = [
         f"data set {directory}: system {a['system']}, preset {a['preset']}, seed {a['seed']}, "
         f"sns {a['sns_version']}",
-        f"  solver params: {a['params']}",
-        f"  dt {a['dt']:.4g}, saved every {a['save_every']} steps, spin-up {a['spinup_steps']} steps",
+        *origin,
         f"  train mean [{fmt(a['data_mean'])}], std [{fmt(a['data_std'])}]; "
         f"normalisation (x - [{fmt(a['norm_offset'])}]) / [{fmt(a['norm_scale'])}]",
     ]

@@ -5,14 +5,27 @@ A data set is a directory with one zarr store per split (``train.zarr``,
 after the system's field, with dims
 
 * fields:        ``(trajectory, time, y, x)``
-* layered fields: ``(trajectory, time, layer, y, x)``
+* layered fields: ``(trajectory, time, layer, y, x)`` (QG)
+* channel fields: ``(trajectory, time, channel, y, x)`` (imported data only)
 * vectors:       ``(trajectory, time, dim)``
 
-coordinates ``time`` (physical time of each frame), ``y``/``x`` (cell-centre
-positions) or ``dim``/``layer`` (indices), each with ``units`` and
-``long_name``, and the attrs listed in :data:`REQUIRED_ATTRS`.  The writer
-(``sns.data.generate``), the readers (``sns.data.io``) and the plots use only
-these names.
+coordinates ``time`` (physical time of each frame), ``y``/``x`` (positions: grid
+nodes ``j L / N`` for Kolmogorov, cell centres ``(j + 1/2) L / N`` for QG; each
+coordinate's ``long_name`` states its offset) or ``dim``/``layer`` (indices), each
+with ``units`` and ``long_name``, and the attrs listed in :data:`REQUIRED_ATTRS`.
+The writers (``sns.data.generate``, ``sns.data.importer``), the readers
+(``sns.data.io``) and the plots use only these names.
+
+Data imported from other tools (``sns-import``) belong to the system
+:data:`GENERIC`, which has no solver: its variable may have any of the dims in
+:data:`GENERIC_DIMS` (a field with any number of channels on any grid, or a vector
+of any dimension), and its layout (dims, units, names) is recorded in the store's
+``layout`` attr rather than in :data:`SYSTEM_LAYOUT`; :func:`layout` and
+:func:`variable_dims` read it from the attrs.
+
+Finished stores carry consolidated metadata, so a plain ``xr.open_zarr(path)``
+opens them without a warning; ``sns``'s own readers ignore it and read each
+array's metadata (a store changed after it was written cannot mislead them).
 """
 
 from __future__ import annotations
@@ -27,6 +40,12 @@ CHANNEL = "channel"  # channel axis of rollout stores (fields kept as (C, H, W))
 Z = "z"
 
 SPLITS = ("train", "valid", "test")
+
+#: System of data sets imported with ``sns-import``: no solver, layout in the store's attrs.
+GENERIC = "generic"
+#: Variable dims (after trajectory, time) a generic data set may have: a single-channel field,
+#: a field with a channel axis, a vector.
+GENERIC_DIMS = ((Y, X), (CHANNEL, Y, X), (DIM,))
 SCHEMA_NAME = "sns-dataset"
 SCHEMA_VERSION = 1
 
@@ -115,13 +134,27 @@ SYSTEM_LAYOUT: dict[str, dict] = {
 }
 
 
-def layout(system: str) -> dict:
-    """The storage layout of ``system``; raises ``ValueError`` naming valid systems."""
+def layout(system: str, attrs: dict | None = None) -> dict:
+    """The storage layout of ``system``; raises ``ValueError`` naming valid systems.
+
+    For :data:`GENERIC` the layout is the ``layout`` attr of a store, so ``attrs`` (the
+    store's attrs) must be given; its ``dims`` are returned as a tuple."""
+    if system == GENERIC:
+        lay = (attrs or {}).get("layout")
+        if not isinstance(lay, dict):
+            raise ValueError(f"a {GENERIC!r} data set records its layout in the attr 'layout'; "
+                             f"got {lay!r} (make generic data sets with sns-import)")
+        dims = tuple(lay.get("dims") or ())
+        if dims not in GENERIC_DIMS:
+            raise ValueError(f"generic layout dims {dims} are not valid; valid choices: {list(GENERIC_DIMS)}")
+        return {**lay, "dims": dims}
     if system not in SYSTEM_LAYOUT:
-        raise ValueError(f"no data layout for system {system!r}; valid choices: {sorted(SYSTEM_LAYOUT)}")
+        raise ValueError(f"no data layout for system {system!r}; valid choices: "
+                         f"{sorted([*SYSTEM_LAYOUT, GENERIC])}")
     return SYSTEM_LAYOUT[system]
 
 
-def variable_dims(system: str) -> tuple[str, ...]:
-    """All dims of the data variable of ``system``, trajectory and time first."""
-    return (TRAJECTORY, TIME, *layout(system)["dims"])
+def variable_dims(system: str, attrs: dict | None = None) -> tuple[str, ...]:
+    """All dims of the data variable of ``system``, trajectory and time first (``attrs``: the
+    store's attrs, needed for :data:`GENERIC`)."""
+    return (TRAJECTORY, TIME, *layout(system, attrs)["dims"])

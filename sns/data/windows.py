@@ -47,7 +47,7 @@ class WindowDataset(Dataset):
         self.variable = attrs["variable"]
         self.history, self.horizon, self.stride = int(history), int(horizon), int(stride)
         self.window = self.history + self.horizon
-        root = zarr.open_group(str(self.path), mode="r")
+        root = zarr.open_group(str(self.path), mode="r", use_consolidated=False)
         shape = root[self.variable].shape  # metadata only
         self.n_traj_total, self.n_time = shape[0], shape[1]
         self.traj_index = np.arange(self.n_traj_total)[trajectories or slice(None)]
@@ -57,7 +57,8 @@ class WindowDataset(Dataset):
         if self.n_time < self.window:
             raise ValueError(f"{self.path}: {self.n_time} frames < window {self.window}")
         self.per_traj = (self.n_time - self.window) // self.stride + 1
-        self.is_field = schema.layout(self.system)["dims"] == (schema.Y, schema.X)
+        # single-channel fields are stored (trajectory, time, y, x): a channel axis is added
+        self.is_field = schema.layout(self.system, attrs)["dims"] == (schema.Y, schema.X)
         offset, scale = np.asarray(attrs["norm_offset"], np.float32), np.asarray(attrs["norm_scale"], np.float32)
         # broadcast over (T, C, *spatial) or (T, D)
         extra = len(shape) - 3 if not self.is_field else len(shape) - 2
@@ -67,14 +68,14 @@ class WindowDataset(Dataset):
         self._memory = self._load_all() if in_memory else None
 
     def _load_all(self) -> np.ndarray:
-        root = zarr.open_group(str(self.path), mode="r")
+        root = zarr.open_group(str(self.path), mode="r", use_consolidated=False)
         return np.asarray(root[self.variable][self.traj_index[0]:self.traj_index[-1] + 1])[
             self.traj_index - self.traj_index[0]
         ]
 
     def _arr(self):
         if self._array is None:  # first access in this process
-            self._array = zarr.open_group(str(self.path), mode="r")[self.variable]
+            self._array = zarr.open_group(str(self.path), mode="r", use_consolidated=False)[self.variable]
         return self._array
 
     def __len__(self) -> int:

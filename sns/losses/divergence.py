@@ -402,6 +402,11 @@ class DivergenceRegularizer:
             from sns.systems import make_system
 
             name = target.split(":", 1)[1]
+            if name == "generic":
+                raise ValueError("divergence target 'system:generic' is not available: data imported with "
+                                 "sns-import (system generic) have no solver, hence no analytic divergence; "
+                                 "valid choices: target='data' (estimated from the training trajectories), "
+                                 "a number, or 'system:<name>' of a built-in system")
             params = dict(system_params) if system_params is not None else (
                 dict(self._attrs.get("params", {})) if self._attrs.get("system") == name else {})
             system = make_system(name, **params)

@@ -1,7 +1,9 @@
 """Reference solvers and their generation presets.
 
 ``make_system(name, **params)`` builds a solver; ``get_preset(name, preset)``
-returns a :class:`~sns.systems.base.Preset`.  Valid names are in ``SYSTEMS``.
+returns a :class:`~sns.systems.base.Preset`.  Valid names are in ``SYSTEMS``; the name
+``generic`` (data imported with ``sns-import``) is known but has no solver, and asking for
+one raises a ``ValueError`` that says so.
 """
 
 from __future__ import annotations
@@ -23,7 +25,17 @@ SYSTEMS: dict[str, tuple[str, str, str]] = {
 }
 
 
+#: The system of data imported with ``sns-import`` (:data:`sns.data.schema.GENERIC`): it has
+#: no solver, so nothing here can build, generate or differentiate it.
+GENERIC = "generic"
+
+
 def _entry(name: str) -> tuple[Any, dict[str, Preset]]:
+    if name == GENERIC:
+        raise ValueError(f"system {GENERIC!r} has no built-in solver (it is the system of data imported "
+                         "with sns-import): it cannot generate data, and nothing that needs a solver "
+                         f"(analytic divergence, reference solver) is available for it; systems with a "
+                         f"solver: {sorted(SYSTEMS)}")
     if name not in SYSTEMS:
         raise ValueError(f"unknown system {name!r}; valid choices: {sorted(SYSTEMS)}")
     module, cls, presets = SYSTEMS[name]
@@ -49,4 +61,4 @@ def make_system(name: str, **params: Any) -> System:
     return system_class(name)(**params)
 
 
-__all__ = ["SYSTEMS", "Preset", "System", "get_preset", "make_system", "system_class"]
+__all__ = ["GENERIC", "SYSTEMS", "Preset", "System", "get_preset", "make_system", "system_class"]

@@ -147,6 +147,13 @@ class ModelCheckpoint(_LightningModelCheckpoint):
     - The state of the global torch RNGs (CPU, CUDA) goes into every checkpoint and is restored
       on resume, so that the random numbers of the training steps (input noise, noise levels)
       continue as in an uninterrupted run.
+    - A checkpoint whose file exists already replaces it (``enable_version_counter=False`` by
+      default): a run killed after committing ``epoch..-step..ckpt`` but before ``last.ckpt``
+      saves that step again on resume, and Lightning's default wrote a second copy
+      (``...-v1.ckpt``) next to the orphan, which top-k never deleted; a fresh start
+      (``ckpt_path=null``) in a used directory wrote ``last-v1.ckpt``, and the next resume took
+      the old run's ``last.ckpt``.  Temporary files of writes killed half-way
+      (:func:`sns.training.checkpoint_io.remove_stale_temp_files`) are removed when a fit starts.
 
     The training loader's position in the epoch is the loader's own state
     (:class:`sns.data.datamodule.ResumableDataLoader`).  Same name (and checkpoint
@@ -154,9 +161,17 @@ class ModelCheckpoint(_LightningModelCheckpoint):
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("enable_version_counter", False)
         super().__init__(*args, **kwargs)
         self._start_step: int | None = None
         self._after_fit = False
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit" and trainer.is_global_zero and self.dirpath and "://" not in str(self.dirpath):
+            from sns.training.checkpoint_io import remove_stale_temp_files
+
+            remove_stale_temp_files(self.dirpath)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)

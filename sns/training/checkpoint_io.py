@@ -22,7 +22,11 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-__all__ = ["AtomicCheckpointIO", "atomic_torch_save", "find_resume_checkpoint", "read_checkpoint"]
+__all__ = ["AtomicCheckpointIO", "atomic_torch_save", "find_resume_checkpoint", "read_checkpoint",
+           "remove_stale_temp_files"]
+
+#: the temporary files of :func:`atomic_torch_save`: ``.<target name>.<mkstemp's 8 characters>.tmp``
+_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -53,6 +57,20 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         pass
     finally:
         os.close(dfd)
+
+
+def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files that :func:`atomic_torch_save` left in ``directory`` when its
+    process was killed half-way through a write (SIGKILL, power loss: no ``except`` ran); returns
+    them.  Call it when no write is in progress (sns-train: when a fit starts, on rank 0)."""
+    directory = Path(directory)
+    removed = []
+    if directory.is_dir():
+        for p in directory.iterdir():
+            if _TEMP.match(p.name) and p.is_file():
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -92,12 +110,15 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                 "use a checkpoint written by sns-train"
             ) from None
         raise ValueError(f"{path}: unreadable checkpoint ({type(err).__name__}: {err})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as err:
+    except Exception as err:  # torch.load raises many types (SafetensorError for a *.safetensors name)
         if isinstance(err, ValueError) and str(err).startswith(str(path)):
             raise
         raise ValueError(f"{path}: truncated or corrupt checkpoint ({type(err).__name__}: {err})") from None
     if not isinstance(ck, dict):
         raise ValueError(f"{path}: not a Lightning checkpoint (a {type(ck).__name__}, expected a dict)")
+    if "state_dict" not in ck:
+        raise ValueError(f"{path}: not a Lightning checkpoint (no 'state_dict' entry; an exported model file? "
+                         "ckpt_path takes a checkpoint written by sns-train, e.g. <run dir>/checkpoints/last.ckpt)")
     return ck
 
 
