@@ -40,6 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lorenz_baselines import compose, cpu_data
 from quality import SMALL_PAIR
+from sns_regimes import mean_spread, print_diagnostics, stored_results
 
 REPO = Path(__file__).resolve().parents[1]
 FIXED = (40, 20, 0)
@@ -191,21 +192,8 @@ def main() -> None:
             seed_results[name] = {f: v[-1:] for f, v in r.items()}
             seed_file.write_text(json.dumps({"results": seed_results, "diag": {k: v[-1:] for k, v in diag.items()}}))
     if args.report:  # every seed run so far for this split and length
-        results, diag, seeds = {}, {}, []
-        for f in sorted(args.out.glob(f"results_{args.ic_split}_{args.steps}_seed*.json")):
-            seeds.append(int(f.stem.rsplit("seed", 1)[1]))
-            d = json.loads(f.read_text())
-            for k, r in d["results"].items():
-                acc = results.setdefault(k, {})
-                for field, v in r.items():
-                    acc.setdefault(field, []).extend(v)
-            for k, v in d["diag"].items():
-                diag.setdefault(k, []).extend(v)
-        args.seeds = seeds
-
-    def ms(v, f="{:.2f}"):
-        v = np.asarray(v, dtype=np.float64)
-        return f.format(np.nanmean(v)) + " ± " + f.format(np.nanstd(v)) if len(v) > 1 else f.format(v[0])
+        results, diag, args.seeds = stored_results(args.out, args.ic_split, args.steps)
+    ms = mean_spread
 
     print(f"\nkolmogorov cpu preset, {args.steps} steps from {x0.shape[0]} {args.ic_split} initial conditions, "
           f"seeds {args.seeds}; budgets (optimizer steps, batch 32): surrogate {args.surrogate_steps}, denoiser "
@@ -213,13 +201,7 @@ def main() -> None:
     print(f"floor ({args.ic_split} vs train, {tx.shape[1]}-frame trajectories): worst shell {floor_rel.max():.3f}, "
           f"shells > {args.tol:g}: {int((floor_rel > args.tol).sum())}/{floor_rel.size}, enstrophy ratio "
           f"{floor_ens:.3f}\n")
-    print("| surrogate / denoiser | one-step RMSE | clean pair (i2, i1), median | clean pair 90% (k2, k1) "
-          "| proposal (i2, i1), median | proposal i1 90% |")
-    print("|---|---|---|---|---|---|")
-    for k, ds in diag.items():
-        g = lambda key, ds=ds: np.mean([d[key] for d in ds])
-        print(f"| {k} | {g('rmse'):.4f} | ({g('clean_i2'):.0f}, {g('clean_i1'):.0f}) | ({g('k2'):.0f}, {g('k1'):.0f}) "
-              f"| ({g('prop_i2'):.0f}, {g('prop_i1'):.0f}) | {g('prop_i1_p90'):.0f} |")
+    print_diagnostics(diag)
     print(f"\n| method | completed | stable steps (min) | calls/step | worst shell | shells > {args.tol:g} "
           f"| worst shell, last fifth | enstrophy ratio | enstrophy ratio, last fifth |")
     print("|---" * 9 + "|")

@@ -172,6 +172,41 @@ def diagnostics(sur, den, sch, pairs: tuple[torch.Tensor, torch.Tensor]) -> dict
             "prop_i1_p90": float(i1p.double().quantile(0.9))}
 
 
+def stored_results(out: Path, split: str, steps: int) -> tuple[dict, dict, list[int]]:
+    """``(results, diag, seeds)`` of every ``results_<split>_<steps>_seed<k>.json`` under ``out``
+    (seeds may have run in separate processes): each field's values concatenated over seeds."""
+    results: dict[str, dict[str, list]] = {}
+    diag: dict[str, list] = {}
+    seeds = []
+    for f in sorted(out.glob(f"results_{split}_{steps}_seed*.json")):
+        seeds.append(int(f.stem.rsplit("seed", 1)[1]))
+        d = json.loads(f.read_text())
+        for k, r in d["results"].items():
+            acc = results.setdefault(k, {})
+            for field, v in r.items():
+                acc.setdefault(field, []).extend(v)
+        for k, v in d["diag"].items():
+            diag.setdefault(k, []).extend(v)
+    return results, diag, seeds
+
+
+def mean_spread(v, f: str = "{:.2f}") -> str:
+    """``mean ± std`` over seeds (NaN-aware), or the single value."""
+    v = np.asarray(v, dtype=np.float64)
+    return f.format(np.nanmean(v)) + " ± " + f.format(np.nanstd(v)) if len(v) > 1 else f.format(v[0])
+
+
+def print_diagnostics(diag: dict[str, list]) -> None:
+    """The heads' readings table (means over seeds) of :func:`diagnostics`-like records."""
+    print("| surrogate / denoiser | one-step RMSE | clean pair (i2, i1), median | clean pair 90% (k2, k1) "
+          "| proposal (i2, i1), median | proposal i1 90% |")
+    print("|---|---|---|---|---|---|")
+    for k, ds in diag.items():
+        g = lambda key, ds=ds: np.mean([d[key] for d in ds])
+        print(f"| {k} | {g('rmse'):.4f} | ({g('clean_i2'):.0f}, {g('clean_i1'):.0f}) | ({g('k2'):.0f}, {g('k1'):.0f}) "
+              f"| ({g('prop_i2'):.0f}, {g('prop_i1'):.0f}) | {g('prop_i1_p90'):.0f} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--system", default="lorenz63", choices=["lorenz63", "lorenz96", "lorenz96_two_scale"])
@@ -307,21 +342,8 @@ def main() -> None:
                 seed_file.write_text(json.dumps({"results": seed_results,  # after every rollout
                                                  "diag": {k: v[-1:] for k, v in diag.items()}}))
     if args.report:  # every seed run so far for this split and length (seeds may run in separate processes)
-        results, diag, seeds = {}, {}, []
-        for f in sorted(args.out.glob(f"results_{args.ic_split}_{args.steps}_seed*.json")):
-            seeds.append(int(f.stem.rsplit("seed", 1)[1]))
-            d = json.loads(f.read_text())
-            for k, r in d["results"].items():
-                acc = results.setdefault(k, {})
-                for field, v in r.items():
-                    acc.setdefault(field, []).extend(v)
-            for k, v in d["diag"].items():
-                diag.setdefault(k, []).extend(v)
-        args.seeds = seeds
-
-    def ms(v, f="{:.2f}"):
-        v = np.asarray(v, dtype=np.float64)
-        return f.format(np.nanmean(v)) + " ± " + f.format(np.nanstd(v)) if len(v) > 1 else f.format(v[0])
+        results, diag, args.seeds = stored_results(args.out, args.ic_split, args.steps)
+    ms = mean_spread
 
     print(f"\n{args.system}, {args.steps} steps from {x0.shape[0]} {args.ic_split} initial conditions, seeds "
           f"{args.seeds}; budgets (optimizer steps, batch 256): good surrogate {args.good_steps}, weak "
@@ -329,13 +351,7 @@ def main() -> None:
     fv = (" / ".join(f"{v:.3f}" for v in floor) if D <= 3 else f"mean {floor.mean():.3f}, max {floor.max():.3f}")
     print(f"floor ({args.ic_split} vs train, {tx.shape[1]}-frame trajectories): W1 {fv}, increment W1 "
           f"{floor_inc:.4f}, ACF err {floor_acf:.3f}\n")
-    print("| surrogate / denoiser | one-step RMSE | clean pair (i2, i1), median | clean pair 90% (k2, k1) "
-          "| proposal (i2, i1), median | proposal i1 90% |")
-    print("|---|---|---|---|---|---|")
-    for k, ds in diag.items():
-        g = lambda key, ds=ds: np.mean([d[key] for d in ds])
-        print(f"| {k} | {g('rmse'):.4f} | ({g('clean_i2'):.0f}, {g('clean_i1'):.0f}) | ({g('k2'):.0f}, {g('k1'):.0f}) "
-              f"| ({g('prop_i2'):.0f}, {g('prop_i1'):.0f}) | {g('prop_i1_p90'):.0f} |")
+    print_diagnostics(diag)
     cols = ["W1 x", "W1 y", "W1 z"] if D == 3 else ["W1 mean over k", "W1 max over k"]
     print("\n| surrogate | method | completed | stable steps (min) | calls/step | " + " | ".join(cols)
           + " | increment W1 | ACF err |")

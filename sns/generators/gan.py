@@ -345,15 +345,16 @@ class WindowGAN:
                 "feature_mean": self.feature_mean, "feature_std": self.feature_std}
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".partial")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
-        return path
+        """Atomic write of :meth:`state_dict` (:func:`sns.generators._io.save_state`)."""
+        from sns.generators._io import save_state
+
+        return save_state(self.state_dict(), path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> WindowGAN:
-        sd = torch.load(path, weights_only=True)
+        from sns.generators._io import load_state
+
+        sd = load_state(path)
         gen = StepGenerator(**sd["generator_hparams"])
         gen.load_state_dict(sd["generator"])
         disc = WindowDiscriminator(**sd["discriminator_hparams"])

@@ -672,15 +672,16 @@ class HMCGenerator:
                 "substeps": self.substeps}
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".partial")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
-        return path
+        """Atomic write of :meth:`state_dict` (:func:`sns.generators._io.save_state`)."""
+        from sns.generators._io import save_state
+
+        return save_state(self.state_dict(), path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> HMCGenerator:
-        sd = torch.load(path, weights_only=True)
+        from sns.generators._io import load_state
+
+        sd = load_state(path)
         pot = LearnedPotential(**sd["potential_hparams"]).to(sd["reference_states"].dtype)
         pot.load_state_dict(sd["potential"])
         box = sd["box"]
