@@ -20,10 +20,13 @@ surrogate and fixed levels of the same denoiser (one move per leg).
    also over the last fifth of the rollout, which shows drift), the enstrophy ratio, and calls
    per step.  The floor is the ``--ic-split`` trajectories themselves against the train split.
 
-Results are saved after every rollout (``results_<split>_<steps>_seed<k>.json`` under ``--out``), so
+Results are saved after every rollout (``results_<split>_<steps>_seed<k>.json`` under
+``--out/kolmogorov/surrogate<S>_denoiser<D>``, one folder per pair of training budgets), so
 an interrupted run resumes at the next row; ``--report --seeds-only`` prints every seed stored.
 
-Run: ``python benchmarks/sns_kolmogorov.py --seeds 0 1 2``.
+Run: ``python benchmarks/sns_kolmogorov.py --seeds 0 1 2`` (on two cores, train the two models of
+each seed beside each other first: ``--train-only surrogate`` and ``--train-only denoiser`` in two
+processes, then the plain command, which reuses them).
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ def train_one(args, data_root: Path, name: str, task: str, seed: int, steps: int
     """Train ``task`` for ``steps`` optimizer steps of batch 32 (reused when done); return the export."""
     from sns.cli.train import train
 
-    run = args.out / "runs" / f"seed{seed}" / name
+    run = args.out / "runs" / f"seed{seed}" / f"{name}_{steps}steps"  # a budget is part of a model's name
     file = run / f"{task}.safetensors"
     if file.exists():
         return file
@@ -98,6 +101,8 @@ def main() -> None:
     p.add_argument("--only", nargs="*", help="substrings of the method names to run")
     p.add_argument("--report", action="store_true", help="print the table of every seed stored so far")
     p.add_argument("--seeds-only", action="store_true", help="with --report: run nothing, only report")
+    p.add_argument("--train-only", choices=["surrogate", "denoiser"],
+                   help="train that model of every seed and stop (to train the two in parallel processes)")
     args = p.parse_args()
     args.out = args.out / "kolmogorov"
     from sns.data.io import open_dataset
@@ -138,16 +143,22 @@ def main() -> None:
 
     results: dict[str, dict[str, list]] = {}
     diag: dict[str, list] = {}
+    res_dir = args.out / f"surrogate{args.surrogate_steps}_denoiser{args.denoiser_steps}"
+    res_dir.mkdir(parents=True, exist_ok=True)
     log_kw = f"diffusion.kwargs={{sigma_min:{args.sigma_min},sigma_max:80.0}}"
     small = [f"++model.denoiser.module.net.kwargs.{k}={v}" for k, v in SMALL_PAIR.items()]
     for seed in ([] if args.seeds_only else args.seeds):
-        files = {
-            "sur": train_one(args, data_root, "surrogate", "surrogate", seed, args.surrogate_steps, []),
-            "log": train_one(args, data_root, f"denoiser_log_sigma{args.sigma_min:g}", "denoiser", seed,
-                             args.denoiser_steps, ["diffusion=log_sigma", log_kw,
-                                                   "model.denoiser.module.val_rollout_steps=0", *small]),
+        train = {
+            "sur": lambda seed=seed: train_one(args, data_root, "surrogate", "surrogate", seed, args.surrogate_steps, []),
+            "log": lambda seed=seed: train_one(args, data_root, f"denoiser_log_sigma{args.sigma_min:g}", "denoiser", seed,
+                                              args.denoiser_steps, ["diffusion=log_sigma", log_kw,
+                                                                    "model.denoiser.module.val_rollout_steps=0", *small]),
         }
-        seed_file = args.out / f"results_{args.ic_split}_{args.steps}_seed{seed}.json"
+        if args.train_only:
+            train["sur" if args.train_only == "surrogate" else "log"]()
+            continue
+        files = {k: f() for k, f in train.items()}
+        seed_file = res_dir / f"results_{args.ic_split}_{args.steps}_seed{seed}.json"
         seed_results = json.loads(seed_file.read_text())["results"] if seed_file.exists() else {}
         (sur, _), (den, xl) = load_model(files["sur"]), load_model(files["log"])
         sch = load_schedule(xl)
@@ -191,8 +202,8 @@ def main() -> None:
                   f"{time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
             seed_results[name] = {f: v[-1:] for f, v in r.items()}
             seed_file.write_text(json.dumps({"results": seed_results, "diag": {k: v[-1:] for k, v in diag.items()}}))
-    if args.report:  # every seed run so far for this split and length
-        results, diag, args.seeds = stored_results(args.out, args.ic_split, args.steps)
+    if args.report:  # every seed run so far for this split, length and pair of budgets
+        results, diag, args.seeds = stored_results(res_dir, args.ic_split, args.steps)
     ms = mean_spread
 
     print(f"\nkolmogorov cpu preset, {args.steps} steps from {x0.shape[0]} {args.ic_split} initial conditions, "
