@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -200,8 +201,12 @@ def main() -> None:
             print(f"seed {seed} | {name}: {res.status} {stable} steps, worst shell {np.nanmax(rel):.3f}, "
                   f"late {np.nanmax(late):.3f}, enstrophy {ens:.3f}, calls {float(res.calls_mean or 'nan'):.2f}, "
                   f"{time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+            if seed_file.exists():  # rows another process (``--only``) stored meanwhile
+                seed_results = {**json.loads(seed_file.read_text())["results"], **seed_results}
             seed_results[name] = {f: v[-1:] for f, v in r.items()}
-            seed_file.write_text(json.dumps({"results": seed_results, "diag": {k: v[-1:] for k, v in diag.items()}}))
+            tmp = seed_file.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"results": seed_results, "diag": {k: v[-1:] for k, v in diag.items()}}))
+            tmp.replace(seed_file)  # atomic: a kill leaves the old file or the new one
     if args.report:  # every seed run so far for this split, length and pair of budgets
         results, diag, args.seeds = stored_results(res_dir, args.ic_split, args.steps)
     ms = mean_spread

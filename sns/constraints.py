@@ -39,8 +39,8 @@ class ConserveMean(nn.Module):
         dims: the spatial axes, negative (counted from the end); default ``(-2, -1)``: ``(H, W)``
             of ``(B, C, H, W)`` fields, one mean per sample and channel.
 
-    ``last_calls`` is the wrapped stepper's (the projection costs no network call); the wrapper
-    has no ``last_calls`` attribute when the wrapped stepper has none.
+    ``last_calls`` is the wrapped stepper's (the projection costs no network call) and
+    ``counts_calls`` says whether the wrapped stepper has a counter (``sns.rollout.stepper``).
 
     Raises:
         ValueError: ``dims`` empty, not negative or repeated; at call time, a state with fewer
@@ -55,17 +55,17 @@ class ConserveMean(nn.Module):
         dims = tuple(int(d) for d in dims)
         if not dims or any(d >= 0 for d in dims) or len(set(dims)) != len(dims):
             raise ValueError(f"dims must be distinct negative axes (e.g. (-2, -1)), got {dims}")
-        from sns.rollout import _accepts_generator
+        from sns.rollout.stepper import accepts_generator, counts_calls
 
         self.step = step
         self.dims = dims
-        self._pass_generator = _accepts_generator(step)
+        self._pass_generator = accepts_generator(step)
+        self.counts_calls = counts_calls(step)  #: read by the rollout: the counter is the wrapped one's
 
-    def __getattr__(self, name: str) -> Any:
-        if name == "last_calls":  # forwarded; absent when the wrapped stepper has no counter
-            inner = self._modules["step"] if "step" in self._modules else self.__dict__["step"]
-            return inner.last_calls
-        return super().__getattr__(name)
+    @property
+    def last_calls(self) -> Any:
+        """The wrapped stepper's ``last_calls`` (None when it has no counter)."""
+        return getattr(self.step, "last_calls", None)
 
     @torch.no_grad()
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -74,8 +74,7 @@ class ConserveMean(nn.Module):
             raise ValueError(f"ConserveMean over dims {self.dims} needs states with at least {len(self.dims)} "
                              f"axes after the batch, got shape {tuple(x.shape)} (vector states have no "
                              "spatial mean)")
-        y = self.step(x, generator=generator) if self._pass_generator else self.step(x)
-        if not isinstance(y, Tensor) or y.shape != x.shape:
-            got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
-            raise ValueError(f"the wrapped stepper must return the state's shape {tuple(x.shape)}, got {got}")
+        from sns.rollout.stepper import call_step, check_step_output
+
+        y = check_step_output(x, call_step(self.step, x, generator, self._pass_generator), "the wrapped stepper")
         return y - y.mean(dim=self.dims, keepdim=True) + x.mean(dim=self.dims, keepdim=True)

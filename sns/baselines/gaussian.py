@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from sns.diffusion.noising import randn_like
+from sns.rollout.stepper import check_step_output
 
 __all__ = ["GaussianApproximation"]
 
@@ -39,10 +40,7 @@ class GaussianApproximation(nn.Module):
     @torch.no_grad()
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """``(B, *state) -> (B, *state)``."""
-        out = self.surrogate(x)
-        if not isinstance(out, Tensor) or out.shape != x.shape:
-            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(f"the surrogate must return a tensor of the state's shape {tuple(x.shape)}, got {got}")
+        out = check_step_output(x, self.surrogate(x), "the surrogate")
         if self.sigma > 0:
             out = out + self.sigma * randn_like(out, generator)
         self.last_calls = 1
