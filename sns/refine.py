@@ -306,9 +306,9 @@ class SNSRefiner(nn.Module):
     def from_file(
         cls,
         denoiser_path: str | os.PathLike,
-        surrogate: nn.Module | Callable[[Tensor], Tensor] | None = None,
+        surrogate: nn.Module | Callable[[Tensor], Tensor] | str | os.PathLike | None = None,
         *,
-        units: str = "normalised",
+        units: str | None = None,
         device: str | torch.device = "cpu",
         **options,
     ) -> SNSRefiner:
@@ -320,8 +320,16 @@ class SNSRefiner(nn.Module):
                 and ``method="sns"`` (files written before the baselines existed record no
                 method and are SNS).  The network and the schedule are rebuilt from it alone
                 (:func:`sns.export.load_model`, :func:`sns.export.load_schedule`).
-            surrogate: as for :class:`SNSRefiner` (``None``: generate from noise).
-            units: what the surrogate maps and the refined states are measured in:
+            surrogate: as for :class:`SNSRefiner` (``None``: generate from noise), or what
+                :func:`sns.surrogates.loading.load_surrogate` loads: an sns surrogate export
+                (``.safetensors``; refused if it was trained on other data than the denoiser),
+                a ``.pt2`` torch.export program, a TorchScript file, or an import path
+                ``package.module:factory``.
+            units: what the surrogate maps and the refined states are measured in (``None``:
+                the surrogate's own declaration, i.e. ``"normalised"`` for an sns export, its
+                attribute ``units`` for any other model; a model that declares nothing needs
+                ``units``; given units that contradict the model's declaration are refused;
+                without a surrogate, ``None`` means normalised):
 
                 * ``"normalised"``: the denoiser's own units, ``(x - norm_offset) / norm_scale``
                   of its training data (``shift=0, scale=1``), e.g. a surrogate trained by
@@ -337,12 +345,15 @@ class SNSRefiner(nn.Module):
                 normalised units whatever ``units`` is.  ``shift``/``scale`` come from ``units``.
 
         Raises ``ValueError`` naming the file for a file that is not an SNS denoiser, an unknown
-        ``units``, or ``units="physical"`` without (or with malformed) normalisation metadata;
+        ``units``, a surrogate whose units are unknown or contradict ``units``, a surrogate file
+        trained on another data set, or ``units="physical"`` without (or with malformed)
+        normalisation metadata;
         ``TypeError`` for ``shift``/``scale`` in ``options``.
         """
         from sns.export import load_model, load_schedule
+        from sns.surrogates.loading import load_surrogate, norm_tensors
 
-        if units not in cls.UNITS:
+        if units is not None and units not in cls.UNITS:
             raise ValueError(f"units must be one of {cls.UNITS}, got {units!r}")
         clash = sorted({"shift", "scale", "denoiser", "schedule"} & set(options))
         if clash:
@@ -356,6 +367,17 @@ class SNSRefiner(nn.Module):
                              "sns-train task=denoiser (baselines roll out with sns-rollout)")
         if not isinstance(model, PairDenoiser):
             raise ValueError(f"{denoiser_path} holds a {type(model).__name__}, not a pair denoiser")  # noqa: TRY004 - a bad file
+        if surrogate is not None:  # a file / import path is loaded; any surrogate's declared units are checked
+            loaded = load_surrogate(surrogate, units=units, device=device)
+            if loaded.extra is not None:  # an sns export: trained on the denoiser's data set?
+                mine, theirs = extra.get("data") or {}, loaded.extra.get("data") or {}
+                for key in ("system", "norm_offset", "norm_scale"):
+                    if key in mine and key in theirs and mine[key] != theirs[key]:
+                        raise ValueError(f"surrogate {surrogate} was trained on data with {key}={theirs[key]!r} "
+                                         f"but denoiser {denoiser_path} on {key}={mine[key]!r}: train both on "
+                                         "the same data set")
+            surrogate, units = loaded.model, loaded.units
+        units = units or "normalised"
         shift: float | Tensor = 0.0
         scale: float | Tensor = 1.0
         if units == "physical":
@@ -366,21 +388,8 @@ class SNSRefiner(nn.Module):
                 raise ValueError(f"{denoiser_path} records no data normalisation ({' and '.join(missing)} missing "
                                  "from its metadata), so units='physical' cannot be honoured: use "
                                  "units='normalised' with a surrogate on the denoiser's normalised states")
-            state = tuple(model.state_shape)
-            c = state[0]  # channels (fields (C, H, W)) or coordinates (vectors (D,))
-            shaped = []
-            for key, value in norm.items():
-                try:
-                    t = torch.as_tensor(value, dtype=torch.float32).flatten()
-                except (TypeError, ValueError, RuntimeError):
-                    raise ValueError(f"{denoiser_path}: {key}={value!r} is not a number or a list of numbers") from None
-                if t.numel() not in (1, c) or not bool(torch.isfinite(t).all()):
-                    raise ValueError(f"{denoiser_path}: {key} has {t.numel()} entries {t.tolist()}, expected 1 or "
-                                     f"{c} finite values (one per channel or coordinate of states {state})")
-                shaped.append(t.reshape(-1, *([1] * (len(state) - 1))).to(device))
-            shift, scale = shaped
-            if not bool((scale > 0).all()):
-                raise ValueError(f"{denoiser_path}: norm_scale must be positive, got {scale.flatten().tolist()}")
+            shift, scale = norm_tensors(norm["norm_offset"], norm["norm_scale"], model.state_shape,
+                                        str(denoiser_path), device)
         try:
             schedule = load_schedule(extra)
         except (KeyError, TypeError, ValueError) as err:

@@ -99,7 +99,7 @@ def test_from_file_refuses_bad_files_and_units(tmp_path):
     with pytest.raises(TypeError, match="from_file sets scale, shift itself"):
         SNSRefiner.from_file(good, lambda u: u, shift=1.0, scale=2.0)
     with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
-        SNSRefiner.from_file(good, lambda u: u, colour="red")
+        SNSRefiner.from_file(good, lambda u: u, units="normalised", colour="red")
 
     surrogate_spec = {"kind": "residual_mlp", "kwargs": {"dim": 3, "width": 16}}
     sur = save_model(build_model(surrogate_spec), surrogate_spec, tmp_path / "surrogate.safetensors",
@@ -110,10 +110,10 @@ def test_from_file_refuses_bad_files_and_units(tmp_path):
     acdm = export(tmp_path, extra={**denoiser_extra(norm_offset=OFFSET, norm_scale=SCALE), "method": "acdm"},
                   name="acdm.safetensors")
     with pytest.raises(ValueError, match=r"acdm\.safetensors holds a model with task='denoiser', method='acdm'"):
-        SNSRefiner.from_file(acdm, lambda u: u)
+        SNSRefiner.from_file(acdm, lambda u: u, units="normalised")
 
     bare = export(tmp_path, extra=denoiser_extra(), name="bare.safetensors")  # no normalisation recorded
-    r = SNSRefiner.from_file(bare, lambda u: u)  # normalised units need none
+    r = SNSRefiner.from_file(bare, lambda u: u, units="normalised")  # normalised units need none
     assert float(r.shift) == 0.0 and float(r.scale) == 1.0
     with pytest.raises(ValueError, match=r"bare\.safetensors records no data normalisation \(norm_offset and "
                                          r"norm_scale missing.*units='physical' cannot be honoured"):

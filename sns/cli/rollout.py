@@ -2,6 +2,8 @@
 or one of the baselines (config: conf/rollout.yaml).
 
 The models are rebuilt from their ``.safetensors`` files alone (:func:`sns.export.load_model`);
+a third-party surrogate comes from an import path or a TorchScript / torch.export file with its
+units declared (``surrogate_units``; :func:`sns.surrogates.loading.load_surrogate`);
 the stepper is the surrogate (Gaussian approximation), :class:`sns.refine.SNSRefiner` wrapping
 it, or a baseline of :mod:`sns.baselines` (the diffusion model's file says which); the rollout is
 :func:`sns.rollout.rollout` streaming to a zarr store, which resumes when the same command is
@@ -43,6 +45,34 @@ def _check_norm(name: str, extra: dict[str, Any], data_attrs: dict[str, Any]) ->
                              f"{key}={data_attrs.get(key)!r}; use the same data set (or its normalisation)")
 
 
+def _load_surrogate(cfg: DictConfig, data_attrs: dict[str, Any], device: Any,
+                    state_shape: tuple[int, ...] | None) -> tuple[Any, dict[str, Any]]:
+    """The surrogate of ``cfg.surrogate`` (sns export, torch.export / TorchScript file or import path,
+    :func:`sns.surrogates.loading.load_surrogate`) as a stepper on the data set's normalised states:
+    a physical-units model (``surrogate_units=physical``) is wrapped in
+    :class:`~sns.surrogates.loading.NormalisedView` with the data set's normalisation."""
+    from sns.surrogates.loading import NormalisedView, load_surrogate, norm_tensors
+
+    kwargs = cfg.get("surrogate_kwargs") or {}
+    kwargs = OmegaConf.to_container(kwargs, resolve=True) if OmegaConf.is_config(kwargs) else dict(kwargs)
+    loaded = load_surrogate(str(cfg.surrogate), units=cfg.get("surrogate_units"), device=device, kwargs=kwargs)
+    if loaded.extra is not None:
+        _check_norm(str(cfg.surrogate), loaded.extra, data_attrs)
+    surrogate = loaded.model
+    if loaded.units == "physical":
+        if state_shape is None:
+            raise ValueError("a physical-units surrogate needs the data set's state shape")
+        shift, scale = norm_tensors(data_attrs.get("norm_offset"), data_attrs.get("norm_scale"), state_shape,
+                                    f"data set {cfg.data_dir}", device)
+        surrogate = NormalisedView(surrogate, shift, scale)
+    if state_shape is not None:
+        check_fits(surrogate, state_shape, f"surrogate {cfg.surrogate}", f"data set {cfg.data_dir}")
+    attrs = {"surrogate": str(cfg.surrogate), "surrogate_sha256": loaded.sha256}
+    if loaded.kind != "sns":  # (kept out of an sns export's identity, so its stores resume as before)
+        attrs.update(surrogate_kind=loaded.kind, surrogate_units=loaded.units, surrogate_kwargs=kwargs)
+    return surrogate, attrs
+
+
 METHODS = ("surrogate", "sns", "acdm", "thermalizer", "pde_refiner")
 SETTINGS = {"surrogate": "gaussian", "sns": "refiner", "acdm": "acdm", "thermalizer": "thermalizer",
             "pde_refiner": "pde_refiner"}  # method -> attrs key of its settings
@@ -67,14 +97,8 @@ def build_stepper(cfg: DictConfig, data_attrs: dict[str, Any], device: Any,
     attrs: dict[str, Any] = {"surrogate": None, "denoiser": None, "surrogate_sha256": None,
                              "denoiser_sha256": None}
     if cfg.surrogate is not None:
-        surrogate, s_extra = load_model(cfg.surrogate, device)
-        if s_extra.get("task") != "surrogate":
-            raise ValueError(f"{cfg.surrogate} holds a {s_extra.get('task')!r} model, expected a surrogate")
-        _check_norm(str(cfg.surrogate), s_extra, data_attrs)
-        if state_shape is not None:
-            check_fits(surrogate, state_shape, f"surrogate {cfg.surrogate}", f"data set {cfg.data_dir}")
-        attrs["surrogate"] = str(cfg.surrogate)
-        attrs["surrogate_sha256"] = file_sha256(cfg.surrogate)
+        surrogate, sur_attrs = _load_surrogate(cfg, data_attrs, device, state_shape)
+        attrs.update(sur_attrs)
     if cfg.denoiser is None:
         if surrogate is None:
             raise ValueError("nothing to roll out: give surrogate=<file> and/or denoiser=<file>")
@@ -143,7 +167,8 @@ def run_identity(attrs: dict[str, Any]) -> dict[str, Any]:
     states, seed, n_steps, guards): the content hashes of the model files, the method and its
     settings (noise, refiner / baseline options, conserve_mean).  A store of another identity
     is not resumed."""
-    keys = ("method", "surrogate_sha256", "denoiser_sha256", "conserve_mean", *SETTINGS.values())
+    keys = ("method", "surrogate_sha256", "surrogate_units", "surrogate_kwargs", "denoiser_sha256",
+            "conserve_mean", *SETTINGS.values())
     return {k: attrs.get(k) for k in keys if k in attrs}
 
 
