@@ -5,8 +5,8 @@ and inference artifacts (this module) are separate.  An exported file is a plain
 safetensors file whose string metadata holds
 
 * ``sns_format``: format version (``"1"``);
-* ``sns_model``: the *resolved* model spec as JSON (:func:`sns.training.models.resolve_spec`),
-  enough to rebuild the network with :func:`sns.training.models.build_model`;
+* ``sns_model``: the *resolved* model spec as JSON (:func:`sns.models.resolve_spec`),
+  enough to rebuild the network with :func:`sns.models.build_model`;
 * ``sns_extra``: JSON of everything else inference needs (``task``; for denoisers the
   noise ``schedule`` ``{"name", "n_levels", "kwargs"}``; the data normalisation
   ``norm_offset``/``norm_scale``, ``system``...).
@@ -35,7 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from sns.training.models import build_model, resolve_spec
+from sns.models import build_model, resolve_spec
 
 __all__ = [
     "FORMAT_VERSION",
@@ -259,7 +259,7 @@ def export_checkpoint(ckpt: str | os.PathLike, path: str | os.PathLike,
     model = build_model(spec)
     prefix = "model."
     model.load_state_dict({k[len(prefix):]: v for k, v in ck["state_dict"].items() if k.startswith(prefix)})
-    from sns.training.models import model_task
+    from sns.models import model_task
 
     meta: dict[str, Any] = {"task": model_task(spec)}
     if meta["task"] == "denoiser":

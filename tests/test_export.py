@@ -100,3 +100,16 @@ def test_saves_of_the_same_weights_are_the_same_bytes(tmp_path):
     x = torch.randn(2, 3)
     for a, b in zip(outputs(model, x), outputs(loaded, x)):
         assert torch.equal(a, b)
+
+
+def test_inference_imports_no_lightning():
+    """Loading a model and refining with it (sns.export, sns.refine, sns.rollout, the surrogate
+    loader) never imports Lightning: the model specs live in sns.models, not sns.training."""
+    import subprocess
+    import sys
+
+    code = ("import sys, sns, sns.export, sns.refine, sns.rollout, sns.surrogates.loading, sns.models\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning'))\n"
+            "assert not bad, bad[:5]\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]

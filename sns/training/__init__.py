@@ -2,7 +2,7 @@
 
 from sns.training.callbacks import EMAWeightAveraging, ModelCheckpoint, Throughput, averaged_model
 from sns.training.loggers import CSVLogger
-from sns.training.models import MODEL_KINDS, build_model, model_task, resolve_spec
+from sns.models import MODEL_KINDS, build_model, model_task, resolve_spec
 from sns.training.modules import PairDenoiserModule, PDERefinerModule, SurrogateModule
 from sns.training.terms import LossTerm, UnrollSchedule
 

@@ -1,6 +1,6 @@
 """LightningModules: the deterministic residual surrogate and the SNS pair denoiser.
 
-Both take plain arguments: a model *spec* (:mod:`sns.training.models`; a JSON-able dict
+Both take plain arguments: a model *spec* (:mod:`sns.models`; a JSON-able dict
 that alone rebuilds the network, stored in the checkpoint hyper-parameters and in the
 exported file), the optimizer and the learning-rate scheduler as *partials*
 (``optimizer(params) -> Optimizer``, ``scheduler(optimizer) -> LRScheduler``; Hydra's
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sns.training.models import build_model, model_task, resolve_spec
+from sns.models import build_model, model_task, resolve_spec
 from sns.training.terms import LossTerm, UnrollSchedule, term_name
 
 __all__ = ["PDERefinerModule", "PairDenoiserModule", "SurrogateModule"]

@@ -46,7 +46,7 @@ class NeuralODEModule(_Base):
     """Train a Neural ODE on trajectory windows (module docstring).
 
     Args:
-        net: model spec of kind ``neural_ode`` (:mod:`sns.training.models`).
+        net: model spec of kind ``neural_ode`` (:mod:`sns.models`).
         loss: ``"trajectory"`` or ``"derivative"``.
         optimizer: partial ``params -> Optimizer`` (default AdamW, lr 1e-4; seed: Adam 1e-3).
         scheduler: partial ``optimizer -> LRScheduler`` or None.
