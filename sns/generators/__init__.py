@@ -3,6 +3,7 @@
 ``hmc``: Hamiltonian Monte Carlo with a learned potential, for conservative systems.
 ``gan``: an autoregressive window GAN whose discriminator can judge divergence features
 (:func:`~sns.generators.gan.window_divergence`), with the plain GAN as its control.
+``preprocess``: wavelet denoising of a noisy series before delay embedding.
 """
 
 from sns.generators.gan import (
@@ -22,6 +23,7 @@ from sns.generators.hmc import (
     potential_error,
     sample_truncated_momenta,
 )
+from sns.generators.preprocess import noise_sigma, wavelet_denoise
 
 __all__ = [
     "HMCGenerator",
@@ -34,7 +36,9 @@ __all__ = [
     "fit_potential",
     "hamiltonian",
     "hmc_sample",
+    "noise_sigma",
     "potential_error",
     "sample_truncated_momenta",
+    "wavelet_denoise",
     "window_divergence",
 ]
