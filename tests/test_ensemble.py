@@ -245,3 +245,60 @@ def test_rollout_ensemble_and_evaluate(setup, tmp_path):
     assert default_out(cfg1, attrs, ident) == default_out(legacy, attrs, ident) != default_out(cfg4, attrs, ident)
     with pytest.raises(ValueError, match="ensemble must be an integer >= 1"):
         _roll(setup, tmp_path / "bad.zarr", "ensemble=0")
+
+
+class _NoisyWithFailure(torch.nn.Module):
+    """x -> x + 0.01 noise; row ``bad`` becomes NaN at call ``at`` (a member that blows up)."""
+
+    def __init__(self, bad: int, at: int) -> None:
+        super().__init__()
+        self.bad, self.at, self.n = bad, at, 0
+        self.last_calls = None
+
+    def forward(self, x, generator=None):
+        self.n += 1
+        out = x + 0.01 * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        if self.n == self.at:
+            out[self.bad] = float("nan")
+        self.last_calls = torch.full((x.shape[0],), 2)
+        return out
+
+
+def test_retired_member_is_left_out_and_reported(setup, tmp_path):
+    """One member of an ensemble blows up: with on_failure="retire" the others run on, and
+    sns-evaluate scores the survivors, the whole ensembles, and says who retired."""
+    from sns.cli.evaluate import Source, evaluate
+    from sns.rollout import open_rollout, rollout
+
+    _, data, _ = setup
+    ref = Source(data / "test.zarr")
+    x0 = torch.as_tensor(ref.read(0, 1, slice(0, 2))[:, 0], dtype=torch.float32).repeat_interleave(3, 0)
+    attrs = {"ensemble": 3, "initial_conditions": 2, "split": "test", "start_frame": 0}
+    res = rollout(_NoisyWithFailure(bad=4, at=10), x0, 30, store=tmp_path / "r.zarr", chunk=8, seed=0,
+                  attrs=attrs, on_failure="retire")
+    assert res.status == "completed" and res.retired == {4: 10}
+    rep = evaluate(data / "test.zarr", {"sns": tmp_path / "r.zarr"}, tmp_path / "rep", chunk=7, max_lag=5)
+    row = next(r for r in rep["rows"] if r["method"] == "sns")
+    assert row["retired"] == 1 and row["calls_mean"] == 2.0  # the retired member's zeros are not calls
+    assert all(math.isfinite(v) for k, v in row.items() if isinstance(v, float))  # no NaN leaks
+    assert any("1 of 6 trajectories retired" in n and "{4: 10}" in n for n in rep["notes"])
+    assert "retired" in (tmp_path / "rep" / "metrics.md").read_text()
+    # the ensemble scores: initial condition 0 only (condition 1 lost member 4), by hand
+    e = rep["ensemble"]["sns"]
+    assert e["initial_conditions"] == 1 and e["members"] == 3
+    x = open_rollout(tmp_path / "r.zarr")["state"].values.astype(np.float64)[:3][None]  # (1, 3, 31, 3)
+    sc = ensemble_scores(x, ref.read(0, 31, slice(0, 1)), member_axis=1, axis=(0, 2))
+    np.testing.assert_allclose(e["crps"], sc["crps"], rtol=1e-10, atol=1e-12)
+    # the pooled statistics read the 5 survivors
+    assert Source(tmp_path / "r.zarr").read(0, 31).shape == (5, 31, 3)
+
+
+def test_rollout_cli_on_failure(setup, tmp_path):
+    from sns.rollout import open_rollout
+
+    res = _roll(setup, tmp_path / "ret.zarr", "on_failure=retire")
+    assert res.status == "completed" and res.retired == {}
+    assert open_rollout(tmp_path / "ret.zarr").attrs["rollout_retired"] == {}
+    with pytest.raises(ValueError, match="on_failure must be one of"):
+        _roll(setup, tmp_path / "bad.zarr", "on_failure=skip")
+    assert not (tmp_path / "bad.zarr").exists()

@@ -49,6 +49,13 @@ written to ``ensemble.csv`` / ``ensemble.json`` and ``ensemble.png``.  The table
 being the shared initial state) and ``ens_spread_skill`` (from the lead-mean variance and
 squared error).  The other metrics pool all members as samples.
 
+Retired trajectories (``sns-rollout on_failure=retire``: a trajectory or ensemble member that blew
+up is NaN from its step ``rollout_retired[b]`` on while the others ran to the end): every
+statistic reads the surviving trajectories only, the table gets ``retired`` (how many) and the
+report a note naming them and their steps; ensemble scores use the initial conditions whose
+members all survived, and ``calls_mean`` the steps each trajectory was alive.  Survivors of a
+method that loses trajectories look better than the method is: read ``retired`` with them.
+
 Statistics of the invariant measure (spectra, enstrophy, W1) use the states after ``burn``
 steps.  Figures (PNG): snapshots side by side (fields), time-mean spectra, spectra at chosen
 steps, C(tau), C(|r|, tau) at three lags, R(t), Pearson correlation vs time, enstrophy vs time; vector systems:
@@ -124,6 +131,14 @@ class Source:
         off, sc = np.broadcast_to(off.reshape(-1), (C,)), np.broadcast_to(sc.reshape(-1), (C,))  # one for all
         shape = (1, 1, C, 1, 1) if self.field else (1, 1, C)
         self.offset, self.scale = off.reshape(shape), sc.reshape(shape)
+        # trajectories retired by rollout(..., on_failure="retire"): NaN from their step on; the
+        # statistics read the survivors (``rows``), the report says who retired and when
+        self.retired = {int(k): int(v) for k, v in (self.attrs.get("rollout_retired") or {}).items()} \
+            if self.is_rollout else {}
+        B = int(arr.shape[0])
+        if self.retired and len(self.retired) >= B:
+            raise ValueError(f"{self.path}: every trajectory was retired ({self.retired}); nothing to evaluate")
+        self.rows = np.array([b for b in range(B) if b not in self.retired]) if self.retired else None
         self.dt = None
         if self.is_rollout and "t" in ds.coords and ds.sizes.get("time", 0) > 1:
             self.dt = float(ds["t"].values[1] - ds["t"].values[0])
@@ -134,7 +149,15 @@ class Source:
     def n_time(self) -> int:
         return int(self.array.shape[1])
 
-    def read(self, start: int, stop: int, traj: slice = slice(None)) -> np.ndarray:
+    @property
+    def n_traj(self) -> int:
+        """Trajectories the statistics read (the survivors of a rollout with retired ones)."""
+        return int(self.array.shape[0]) if self.rows is None else len(self.rows)
+
+    def read(self, start: int, stop: int, traj: slice | np.ndarray | None = None) -> np.ndarray:
+        """States ``[traj, start:stop]`` in physical units; ``traj=None``: every surviving row."""
+        if traj is None:
+            traj = slice(None) if self.rows is None else self.rows
         x = np.asarray(self.array[traj, start:stop].values, dtype=np.float64)
         return x * self.scale + self.offset
 
@@ -204,7 +227,7 @@ def _vector_stats(src: Source, burn: int, chunk: int, max_lag: int, max_samples:
     from sns.metrics import autocorrelation, rate_of_change
 
     start = burn if src.n_time > burn + 1 else 0
-    B = src.array.shape[0]
+    B = src.n_traj
     stride = max(1, (B * (src.n_time - start)) // max_samples)
     samples, incs, rate, prev = [], [], [], None
     for a, x in src.chunks(0, chunk):
@@ -261,11 +284,12 @@ def _pearson(src: Source, ref: Source, chunk: int) -> np.ndarray | None:
     if match is None:
         return None
     s0, n_ic, m = match
+    rows = np.arange(n_ic * m) if src.rows is None else src.rows
     n = min(src.n_time, ref.n_time - s0)
     out = []
     for t in range(0, n, chunk):
         u = min(t + chunk, n)
-        r = np.repeat(ref.read(s0 + t, s0 + u, slice(0, n_ic)), m, axis=0)  # row k * m + j: trajectory k
+        r = ref.read(s0 + t, s0 + u, slice(0, n_ic))[rows // m]  # row k * m + j: trajectory k
         out.append(pearson_series(_flat(src.read(t, u)), _flat(r), 1).mean(0))
     return np.concatenate(out)
 
@@ -287,6 +311,11 @@ def _ensemble(src: Source, ref: Source, chunk: int, max_leads: int | None) -> di
     if match is None or match[2] < 2:
         return None
     s0, n_ic, m = match
+    # initial conditions all of whose members survived (a retired member would bias the spread)
+    whole = [k for k in range(n_ic) if not any(k * m + j in src.retired for j in range(m))]
+    if not whole:
+        return None
+    rows = np.array([k * m + j for k in whole for j in range(m)])
     n = min(src.n_time, ref.n_time - s0)
     if max_leads is not None:
         n = min(n, int(max_leads) + 1)
@@ -294,14 +323,14 @@ def _ensemble(src: Source, ref: Source, chunk: int, max_leads: int | None) -> di
     step = max(1, chunk // m)  # time chunks of about chunk x (initial conditions) states, as elsewhere
     for t in range(0, n, step):
         u = min(t + step, n)
-        x = src.read(t, u)
-        x = x.reshape(n_ic, m, *x.shape[1:])  # (initial condition, member, time, *state)
-        y = ref.read(s0 + t, s0 + u, slice(0, n_ic))
+        x = src.read(t, u, rows)
+        x = x.reshape(len(whole), m, *x.shape[1:])  # (initial condition, member, time, *state)
+        y = ref.read(s0 + t, s0 + u, slice(0, n_ic))[whole]
         sc = ensemble_scores(x, y, member_axis=1, axis=(0, *range(2, y.ndim)))
         for k, v in sc.items():
             parts.setdefault(k, []).append(v)
     out: dict[str, Any] = {k: np.concatenate(v) for k, v in parts.items()}
-    out.update(members=m, initial_conditions=n_ic, lead=np.arange(n))
+    out.update(members=m, initial_conditions=len(whole), lead=np.arange(n))
     return out
 
 
@@ -343,9 +372,14 @@ def _rollout_info(src: Source) -> dict[str, Any]:
     a = src.attrs
     info: dict[str, Any] = {"status": a.get("rollout_status", "-"), "steps": src.n_time - 1,
                             "stop_step": a.get("rollout_stop_step")}
+    if src.retired:
+        info["retired"] = len(src.retired)
     if "calls" in src.ds and src.n_time > 1:
         calls = np.asarray(src.ds["calls"][:, 1:].values)
-        calls = calls[calls >= 0]
+        live = np.ones(calls.shape, dtype=bool)  # a retired trajectory's zeros are not calls
+        for b, k in src.retired.items():
+            live[b, k - 1:] = False
+        calls = calls[(calls >= 0) & live]
         if calls.size:
             info["calls_mean"], info["calls_max"] = float(calls.mean()), int(calls.max())
     wall = (a.get("rollout_checkpoint") or {}).get("wall_time_s")
@@ -459,7 +493,7 @@ def evaluate(
             panel = np.full((len(snap), *ref.array.shape[-2:]), np.nan)
             for i, t in enumerate(snap):
                 if t < s.n_time:
-                    panel[i] = s.read(t, t + 1, slice(0, 1))[0, 0, 0]
+                    panel[i] = s.read(t, t + 1)[0, 0, 0]  # the first surviving trajectory
             frames[name] = panel
         figures.append(out / "snapshots.png")
         plot_snapshots(frames, snap, title="channel 0 (trajectory 0)", path=figures[-1])
@@ -534,6 +568,12 @@ def evaluate(
         plot_lines((np.arange(span // block + 1) + 0.5) * block * dt, blocked, "time",
                    "R(t) = mean |dx/dt|" + (f", mean over blocks of {block} steps" if block > 1 else ""),
                    "rate of change R(t)", path=figures[-1])
+    for name, s in srcs.items():
+        if s.retired:
+            notes.append(f"{name}: {len(s.retired)} of {s.array.shape[0]} trajectories retired (trajectory: step "
+                         f"{dict(sorted(s.retired.items()))}); its statistics are those of the survivors"
+                         + ("; its ensemble scores use the initial conditions whose members all survived"
+                            if _members(s) > 1 else ""))
     curves = {name: e for name, s in srcs.items() if (e := _ensemble(s, ref, chunk, ensemble_leads)) is not None}
     for row in rows:
         if row["method"] in curves:

@@ -19,7 +19,9 @@ from the same state and differ only by the sampler's noise (SNS and every stocha
 draw their noise per row from the rollout's one generator, :mod:`sns.rollout`); a
 deterministic method (surrogate with ``gaussian.sigma=0``) gives ``M`` identical members.  The
 store's attrs record ``ensemble`` (``M``) and ``initial_conditions`` (``trajectories``), which
-``sns-evaluate`` reads to score the ensemble (:mod:`sns.metrics.ensemble`).
+``sns-evaluate`` reads to score the ensemble (:mod:`sns.metrics.ensemble`).  With
+``on_failure=retire`` a member (or trajectory) that blows up is retired alone and the others run
+on (:func:`sns.rollout.rollout`); ``sns-evaluate`` scores the survivors and reports the retired.
 """
 
 from __future__ import annotations
@@ -186,6 +188,8 @@ def default_out(cfg: DictConfig, attrs: dict[str, Any], identity: dict[str, Any]
     members = 1 if cfg.get("ensemble") is None else int(cfg.ensemble)
     if members != 1:  # only then: the paths of single-member rollouts stay what they were
         inputs["ensemble"] = members
+    if cfg.get("on_failure", "stop") != "stop":  # likewise
+        inputs["on_failure"] = str(cfg.on_failure)
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
     root = cfg.get("out_root") or "outputs/rollout"
     return Path(root) / f"{attrs['method']}-{cfg.split}-{digest}.zarr"
@@ -262,6 +266,11 @@ def run_rollout(cfg: DictConfig) -> Any:
     members = 1 if cfg.get("ensemble") is None else int(cfg.ensemble)
     if members < 1:
         raise ValueError(f"ensemble must be an integer >= 1 (members per initial condition), got {members}")
+    from sns.rollout import ON_FAILURE
+
+    on_failure = cfg.get("on_failure", "stop")
+    if on_failure not in ON_FAILURE:
+        raise ValueError(f"on_failure must be one of {list(ON_FAILURE)}, got {on_failure!r}")
     if cfg.get("torch_threads"):
         torch.set_num_threads(int(cfg.torch_threads))
     device = torch.device(cfg.device)
@@ -293,7 +302,7 @@ def run_rollout(cfg: DictConfig) -> Any:
     result = rollout(step, x0, int(cfg.n_steps), store=out, chunk=int(cfg.chunk), dt=dt, attrs=attrs,
                      seed=int(cfg.seed), data_rms=float(state_rms(x0).mean()),
                      blowup_factor=float(cfg.blowup_factor), max_wall_time=cfg.max_wall_time,
-                     overwrite=bool(cfg.overwrite), identity=identity)
+                     overwrite=bool(cfg.overwrite), identity=identity, on_failure=str(on_failure))
     log.info("rollout %s: %d steps, status %s%s, %.1f s, calls/step %s -> %s", attrs["method"], result.steps_done, result.status, f" ({result.message})" if result.message else "",
              result.wall_time, result.calls_mean, result.path)
     return result

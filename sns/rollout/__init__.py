@@ -93,7 +93,10 @@ Guards
 The rollout stops the whole batch at step ``k`` if any sample of ``x_k`` is
 non-finite (status ``nonfinite``) or its RMS exceeds
 ``blowup_factor * data_rms`` (status ``blowup``); states ``0..k-1`` are kept,
-the arrays are trimmed to them and ``rollout_stop_step = k``.  A stepper may end the
+the arrays are trimmed to them and ``rollout_stop_step = k``.  With
+``on_failure="retire"`` only the failing samples stop: they are *retired* (NaN in the store
+from step ``k``, ``rollout_retired = {trajectory: k}``) while the rest run on, bit-identical to
+a run in which nothing failed; the last sample's failure stops the rollout as above.  A stepper may end the
 rollout itself by raising :class:`StopRollout` at step ``k`` (status ``aborted``, same
 trimming, its message recorded).  With
 ``max_wall_time`` (seconds, this call) it stops cleanly at a step boundary with
@@ -101,7 +104,7 @@ status ``time_limit``; calling again continues.
 """
 
 from sns.rollout.callbacks import Callback, RMSSeries, RunningMoments, state_rms
-from sns.rollout.loop import RolloutResult, rollout
+from sns.rollout.loop import ON_FAILURE, RolloutResult, rollout
 from sns.rollout.stepper import (
     CountingStepper,
     Stepper,
@@ -115,6 +118,7 @@ from sns.rollout.stepper import (
 from sns.rollout.store import STATUSES, default_dims, open_rollout
 
 __all__ = [
+    "ON_FAILURE",
     "STATUSES",
     "Callback",
     "CountingStepper",

@@ -73,7 +73,8 @@ class RunningMoments(Callback):
     population variance ``M2 / n``) and ``"count"`` (values per channel).
 
     ``channel_axis`` indexes the batched state ``(B, C, ...)``; for vector states
-    ``(B, D)`` the default 1 gives moments per component.
+    ``(B, D)`` the default 1 gives moments per component.  Rows that are not finite (the NaN
+    rows of trajectories retired by ``rollout(..., on_failure="retire")``) are left out.
     """
 
     def __init__(self, channel_axis: int = 1) -> None:
@@ -85,7 +86,13 @@ class RunningMoments(Callback):
         self.m2: Tensor | None = None
 
     def on_step(self, step: int, x: Tensor) -> None:
-        values = x.detach().to(torch.float64).movedim(self.channel_axis, 0).flatten(1)
+        x = x.detach()
+        rows = torch.isfinite(x.flatten(1)).all(dim=1)  # NaN rows: retired trajectories
+        if not bool(rows.all()):
+            x = x[rows]
+            if x.shape[0] == 0:
+                return
+        values = x.to(torch.float64).movedim(self.channel_axis, 0).flatten(1)
         n_b = values.shape[1]
         mean_b = values.mean(dim=1)
         m2_b = (values - mean_b[:, None]).square().sum(dim=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import math
 import os
 import sys
@@ -48,7 +49,12 @@ from sns.rollout.store import (
     torch_dtype,
 )
 
-__all__ = ["RolloutResult", "rollout"]
+log = logging.getLogger(__name__)
+
+__all__ = ["ON_FAILURE", "RolloutResult", "rollout"]
+
+ON_FAILURE = ("stop", "retire")  #: what one trajectory's non-finite or blown-up state does
+RETIRED_ATTR = ATTR_PREFIX + "retired"
 
 
 @dataclass
@@ -68,6 +74,9 @@ class RolloutResult:
     states: Tensor | None = None  #: (B, steps_done + 1, *state_shape), only if store=None
     resumed_from: int | None = None  #: step the call resumed from (None: fresh start)
     message: str = ""  #: human-readable reason of the stop
+    #: ``on_failure="retire"``: trajectory -> the step whose state was rejected (its stored
+    #: states are NaN from that step on); empty when every trajectory ran to the end
+    retired: dict[int, int] = field(default_factory=dict)
 
 
 def _digest(x: Tensor) -> str:
@@ -124,6 +133,7 @@ def rollout(
     overwrite: bool = False,
     progress: bool | None = None,
     identity: Mapping[str, Any] | None = None,
+    on_failure: str = "stop",
 ) -> RolloutResult:
     """Roll ``step`` out ``n_steps`` times from ``x0``, streaming states to a zarr store.
 
@@ -163,6 +173,17 @@ def rollout(
             levels, refiner settings, ...).  It is part of the run's configuration
             (``rollout_config["identity"]``): a store written with another identity is
             refused instead of resumed, naming the entries that differ.
+        on_failure: what a non-finite or blown-up state of one trajectory does.  ``"stop"``
+            (default): the whole rollout stops at that step (status ``nonfinite`` / ``blowup``;
+            the store is trimmed to the steps before it).  ``"retire"``: only that trajectory
+            stops; its stored states (and ``rms``) are NaN from the rejected step on, the
+            stepper keeps being handed its last good state (so the batch keeps its shape and
+            the generator its draws: the other trajectories are bit-identical to a run in which
+            nothing failed), its outputs are discarded and its network calls are not counted.
+            The store records ``rollout_retired`` (``{trajectory: step}``, JSON keys are
+            strings) and the result ``retired``; when the last trajectory is retired the rollout
+            stops as with ``"stop"``.  Callbacks see the NaN rows (the library's own are
+            NaN-aware).
 
     Returns:
         A :class:`RolloutResult`.
@@ -185,6 +206,8 @@ def rollout(
         max_wall_time,
         store_dtype,
     )
+    if on_failure not in ON_FAILURE:
+        raise ValueError(f"on_failure must be one of {ON_FAILURE}, got {on_failure!r}")
     batch, state_shape = x0.shape[0], tuple(x0.shape[1:])
     pass_generator = accepts_generator(step)
     has_counter = counts_calls(step)
@@ -206,6 +229,8 @@ def rollout(
         "x0_sha256": _digest(x0),
         "identity": _check_identity(identity),
     }
+    if on_failure != "stop":  # absent for the default, so stores written before the option resume
+        config["on_failure"] = on_failure
     config = json.loads(json.dumps(config))  # as it reads back from the store
 
     # ---------------------------------------------------------------- sink and start point
@@ -219,6 +244,7 @@ def rollout(
     resumed_from: int | None = None
     x = x0.detach()
     last_written = -1  # highest time index committed
+    retired: dict[int, int] = {}  # trajectory -> rejected step (on_failure="retire")
 
     sink: MemorySink | ZarrSink
     if store is None:
@@ -262,6 +288,7 @@ def rollout(
                 state = np.frombuffer(base64.b64decode(record["generator_state"]), dtype=np.uint8)
                 generator.set_state(torch.from_numpy(state.copy()))
                 calls_stats = dict(record["calls"])
+                retired = {int(k): int(v) for k, v in (root.attrs.get(RETIRED_ATTR) or {}).items()}
                 wall_prior = float(record["wall_time_s"])
                 restore_callbacks(callbacks, record["callbacks"], sink.read, last_written, chunk)
             status = root.attrs[ATTR_PREFIX + "status"]
@@ -280,6 +307,7 @@ def rollout(
                     0.0,
                     wall_prior,
                     resumed_from,
+                    retired,
                 )
 
     # ---------------------------------------------------------------- the loop
@@ -317,6 +345,8 @@ def rollout(
                 buf_rms[:, :n_buf],
                 None if buf_calls is None else buf_calls[:, :n_buf],
             )
+        if on_failure == "retire":
+            extra = {**(extra or {}), RETIRED_ATTR: {str(k): v for k, v in sorted(retired.items())}}
         sink.commit(
             step=t,
             state=x,
@@ -369,29 +399,57 @@ def rollout(
                     )
                 calls = read_calls(step, batch) if has_counter else None
                 rms = state_rms(x_new).cpu().numpy()
-                if not np.isfinite(rms).all():
-                    bad = np.flatnonzero(~np.isfinite(rms)).tolist()
+                if retired:  # outputs of retired trajectories are discarded
+                    gone = sorted(retired)
+                    rms[gone] = 0.0
+                if on_failure == "retire":
+                    failed = ~np.isfinite(rms)
+                    if data_rms is not None:
+                        failed |= rms > blowup_factor * data_rms
+                    new_bad = np.flatnonzero(failed).tolist()
+                    if new_bad and len(retired) + len(new_bad) < batch:
+                        for i in new_bad:
+                            retired[i] = t
+                            log.warning("rollout: trajectory %d retired at step %d (RMS %s)", i, t, rms[i])
+                        new_bad = []
+                    if not new_bad and retired:
+                        gone = sorted(retired)
+                        keep = x.clone()  # retired rows: the last good state, stored as NaN
+                        active = torch.ones(batch, dtype=torch.bool, device=x.device)
+                        active[gone] = False
+                        keep[active] = x_new[active]
+                        x_new = keep
+                        rms[gone] = np.nan
+                        if calls is not None:
+                            calls = np.asarray(calls).copy()
+                            calls[gone] = 0
+                live = np.where(np.isnan(rms) & np.isin(np.arange(batch), list(retired)), 0.0, rms)
+                if not np.isfinite(live).all():
+                    bad = np.flatnonzero(~np.isfinite(live)).tolist()
                     status, stop_step = STATUS_NONFINITE, t
                     message = f"non-finite state at step {t} in trajectories {bad}"
                     break
-                if data_rms is not None and (rms > blowup_factor * data_rms).any():
-                    bad = np.flatnonzero(rms > blowup_factor * data_rms).tolist()
+                if data_rms is not None and (live > blowup_factor * data_rms).any():
+                    bad = np.flatnonzero(live > blowup_factor * data_rms).tolist()
                     status, stop_step = STATUS_BLOWUP, t
                     message = (
-                        f"blow-up at step {t}: RMS {rms.max():.4g} > {blowup_factor:g} x data RMS "
+                        f"blow-up at step {t}: RMS {live.max():.4g} > {blowup_factor:g} x data RMS "
                         f"{data_rms:.4g} in trajectories {bad}"
                     )
                     break
                 x = x_new
                 if calls is not None:
                     calls_stats["sum"] += int(calls.sum())
-                    calls_stats["count"] += batch
+                    calls_stats["count"] += batch - len(retired)
                     calls_stats["max"] = max(calls_stats["max"], int(calls.max()))
-                push(t, x, rms, calls)
+                push(t, _nan_rows(x, retired) if retired else x, rms, calls)
                 bar.update(1)
                 if t == n_steps:
                     status = STATUS_COMPLETED
-                    flush(t, status)
+                    if retired:
+                        message = (f"{len(retired)} of {batch} trajectories retired (trajectory: step "
+                                   f"{dict(sorted(retired.items()))})")
+                    flush(t, status, message=message)
                 elif (t + 1) % chunk == 0:  # chunk boundary: aligned with the zarr chunks
                     flush(t, STATUS_RUNNING)
                 if t < n_steps and limit is not None and time.perf_counter() >= limit:
@@ -426,6 +484,7 @@ def rollout(
         time.perf_counter() - t_start,
         wall_prior + time.perf_counter() - t_start,
         resumed_from,
+        retired,
     )
 
 
@@ -522,6 +581,7 @@ def _finish(
     wall: float,
     wall_total: float,
     resumed_from: int | None,
+    retired: Mapping[int, int] | None = None,
 ) -> RolloutResult:
     count = calls_stats["count"]
     return RolloutResult(
@@ -538,4 +598,12 @@ def _finish(
         states=sink.states() if isinstance(sink, MemorySink) else None,
         resumed_from=resumed_from,
         message=message,
+        retired=dict(sorted((retired or {}).items())),
     )
+
+
+def _nan_rows(x: Tensor, rows: Mapping[int, int]) -> Tensor:
+    """``x`` with the rows of the retired trajectories set to NaN (what the store records)."""
+    out = x.clone()
+    out[sorted(rows)] = float("nan")
+    return out
