@@ -102,6 +102,8 @@ def main() -> None:
     p.add_argument("--only", nargs="*", help="substrings of the method names to run")
     p.add_argument("--report", action="store_true", help="print the table of every seed stored so far")
     p.add_argument("--seeds-only", action="store_true", help="with --report: run nothing, only report")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16: also run every method under bf16 autocast (rows '... [bf16]', sns.precision)")
     p.add_argument("--train-only", choices=["surrogate", "denoiser"],
                    help="train that model of every seed and stop (to train the two in parallel processes)")
     args = p.parse_args()
@@ -176,7 +178,13 @@ def main() -> None:
         diag.setdefault("surrogate / log-sigma", []).append({
             "rmse": sigma_p / 2**0.5, "clean_i2": q(i2c), "clean_i1": q(i1c), "prop_i2": q(i2p), "prop_i1": q(i1p),
             "k2": k2, "k1": k1, "prop_i1_p90": float(i1p.double().quantile(0.9))})
-        for name, step in methods(sur, den, sch, args.n_moves, sigma_p).items():
+        steppers = methods(sur, den, sch, args.n_moves, sigma_p)
+        if args.precision != "fp32":  # the same models under autocast, after their fp32 rows
+            from sns.precision import MixedPrecision
+
+            steppers.update({f"{k} [{args.precision}]": MixedPrecision(v, args.precision)
+                             for k, v in methods(sur, den, sch, args.n_moves, sigma_p).items()})
+        for name, step in steppers.items():
             if args.only and not any(s in name for s in args.only):
                 continue
             if name in seed_results:  # done by an earlier (interrupted) run of this seed
@@ -194,10 +202,11 @@ def main() -> None:
             rel, ens = errors(states[:, args.burn + 1:]) if ok else (nan, float("nan"))
             late, ens_late = errors(states[:, -max(states.shape[1] // 5, 1):]) if ok else (nan, float("nan"))
             r = results.setdefault(name, {"rel": [], "late": [], "ens": [], "ens_late": [], "stable": [],
-                                          "calls": [], "status": []})
+                                          "calls": [], "status": [], "ms_step": []})
             r["rel"].append(rel.tolist()), r["late"].append(late.tolist()), r["ens"].append(ens)
             r["ens_late"].append(ens_late), r["stable"].append(stable), r["calls"].append(res.calls_mean)
             r["status"].append(res.status)
+            r["ms_step"].append(1e3 * res.wall_time / max(res.steps_done, 1))
             print(f"seed {seed} | {name}: {res.status} {stable} steps, worst shell {np.nanmax(rel):.3f}, "
                   f"late {np.nanmax(late):.3f}, enstrophy {ens:.3f}, calls {float(res.calls_mean or 'nan'):.2f}, "
                   f"{time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
@@ -219,14 +228,15 @@ def main() -> None:
           f"{floor_ens:.3f}\n")
     print_diagnostics(diag)
     print(f"\n| method | completed | stable steps (min) | calls/step | worst shell | shells > {args.tol:g} "
-          f"| worst shell, last fifth | enstrophy ratio | enstrophy ratio, last fifth |")
-    print("|---" * 9 + "|")
+          f"| worst shell, last fifth | enstrophy ratio | enstrophy ratio, last fifth | ms/step |")
+    print("|---" * 10 + "|")
     for k, r in results.items():
         rel, late = np.asarray(r["rel"], dtype=np.float64), np.asarray(r["late"], dtype=np.float64)
         done = sum(s == "completed" for s in r["status"])
         print(f"| {k} | {done}/{len(r['status'])} | {min(r['stable'])} | {ms(r['calls'])} | "
               f"{ms(np.nanmax(rel, 1), '{:.3f}')} | {ms((rel > args.tol).sum(1), '{:.1f}')} | "
-              f"{ms(np.nanmax(late, 1), '{:.3f}')} | {ms(r['ens'], '{:.3f}')} | {ms(r['ens_late'], '{:.3f}')} |")
+              f"{ms(np.nanmax(late, 1), '{:.3f}')} | {ms(r['ens'], '{:.3f}')} | {ms(r['ens_late'], '{:.3f}')} | "
+              f"{ms(r['ms_step'], '{:.1f}') if r.get('ms_step') else '-'} |")
     for k, r in results.items():  # per-shell errors, mean over seeds
         rel = np.nanmean(np.asarray(r["rel"], dtype=np.float64), 0)
         print(f"{k}: per shell " + " ".join(f"{v:.2f}" for v in rel), file=sys.stderr)

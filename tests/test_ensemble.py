@@ -302,3 +302,19 @@ def test_rollout_cli_on_failure(setup, tmp_path):
     with pytest.raises(ValueError, match="on_failure must be one of"):
         _roll(setup, tmp_path / "bad.zarr", "on_failure=skip")
     assert not (tmp_path / "bad.zarr").exists()
+
+
+def test_rollout_cli_precision(setup, tmp_path):
+    from sns.rollout import open_rollout
+
+    a = _roll(setup, tmp_path / "fp32.zarr")
+    b = _roll(setup, tmp_path / "bf16.zarr", "precision=bf16")
+    assert a.status == b.status == "completed"
+    da, db = open_rollout(tmp_path / "fp32.zarr"), open_rollout(tmp_path / "bf16.zarr")
+    assert db.attrs["precision"] == "bf16" and "precision" not in da.attrs  # fp32 stores: as before
+    assert db["state"].dtype == np.float32
+    x, y = da["state"].values, db["state"].values
+    assert 0 < np.abs(x[:, 1] - y[:, 1]).max() < 1e-2 * np.abs(x).max()  # bf16 matmuls, one step
+    with pytest.raises(ValueError, match="precision must be one of"):
+        _roll(setup, tmp_path / "bad.zarr", "precision=int8")
+    assert not (tmp_path / "bad.zarr").exists()

@@ -9,6 +9,7 @@ from sns.baselines import ACDM, GaussianApproximation, PDERefiner, Thermalizer
 from sns.constraints import ConserveMean
 from sns.diffusion import cosine_schedule
 from sns.nets.mlp import MLPPairDenoiser
+from sns.precision import MixedPrecision
 from sns.refine import SNSRefiner
 from sns.rollout import (
     CountingStepper,
@@ -43,6 +44,8 @@ def library_steppers():
         ("ConserveMean(SNSRefiner)", ConserveMean(SNSRefiner(blind, sch, sur), dims=(-1,)), True, True),
         # a wrapper always takes the generator and passes it on only to a stepper that takes it
         ("ConserveMean(surrogate)", ConserveMean(sur, dims=(-1,)), True, False),
+        ("MixedPrecision(SNSRefiner)", MixedPrecision(SNSRefiner(blind, sch, sur)), True, True),
+        ("MixedPrecision(surrogate)", MixedPrecision(sur), True, False),
     ]
 
 

@@ -170,7 +170,7 @@ def run_identity(attrs: dict[str, Any]) -> dict[str, Any]:
     settings (noise, refiner / baseline options, conserve_mean).  A store of another identity
     is not resumed."""
     keys = ("method", "surrogate_sha256", "surrogate_units", "surrogate_kwargs", "denoiser_sha256",
-            "conserve_mean", *SETTINGS.values())
+            "conserve_mean", "precision", *SETTINGS.values())
     return {k: attrs.get(k) for k in keys if k in attrs}
 
 
@@ -283,6 +283,12 @@ def run_rollout(cfg: DictConfig) -> Any:
         from sns.constraints import ConserveMean
 
         step = ConserveMean(step)
+    from sns.precision import MixedPrecision, autocast_dtype
+
+    precision = str(cfg.get("precision", "fp32"))
+    if autocast_dtype(precision) is not None:  # networks under torch.autocast, states stay float32
+        step = MixedPrecision(step, precision)
+        attrs["precision"] = precision  # part of the run identity (absent for fp32: old stores resume)
     attrs.update({"data_dir": str(cfg.data_dir), "split": cfg.split, "start_frame": int(cfg.start_frame),
                   "norm_offset": data_attrs["norm_offset"], "norm_scale": data_attrs["norm_scale"],
                   "system": data_attrs["system"]})
