@@ -166,18 +166,20 @@ def main() -> None:
         (sur, _), (den, xl) = load_model(files["sur"]), load_model(files["log"])
         sch = load_schedule(xl)
         with torch.no_grad():
-            from sns.refine import calibrate_skip_threshold, estimate_levels
+            from sns.refine import calibrate_skip_threshold, estimate_levels, head_accuracy
 
             sub = (pairs[0][::4], pairs[1][::4])
             prop = torch.cat([sur(sub[0][a:a + 256]) for a in range(0, len(sub[0]), 256)])
             i2c, i1c = estimate_levels(den, *sub)
             i2p, i1p = estimate_levels(den, sub[0], prop)
             k2, k1 = calibrate_skip_threshold(den, *sub, quantile=0.9)
+            acc = head_accuracy(den, sch, *sub)
         sigma_p = calibrate_proposal_sigma(sur, *pairs, batch=256)
         q = lambda v: float(v.double().median())
         diag.setdefault("surrogate / log-sigma", []).append({
             "rmse": sigma_p / 2**0.5, "clean_i2": q(i2c), "clean_i1": q(i1c), "prop_i2": q(i2p), "prop_i1": q(i1p),
-            "k2": k2, "k1": k1, "prop_i1_p90": float(i1p.double().quantile(0.9))})
+            "k2": k2, "k1": k1, "prop_i1_p90": float(i1p.double().quantile(0.9)),
+            "acc_levels": acc["levels"].tolist(), "acc_i2": acc["i2"].tolist(), "acc_i1": acc["i1"].tolist()})
         steppers = methods(sur, den, sch, args.n_moves, sigma_p)
         if args.precision != "fp32":  # the same models under autocast, after their fp32 rows
             from sns.precision import MixedPrecision
@@ -227,6 +229,15 @@ def main() -> None:
           f"shells > {args.tol:g}: {int((floor_rel > args.tol).sum())}/{floor_rel.size}, enstrophy ratio "
           f"{floor_ens:.3f}\n")
     print_diagnostics(diag)
+    for k, ds in diag.items():  # head accuracy on noised valid pairs (sns.refine.head_accuracy)
+        ds = [d for d in ds if "acc_levels" in d]
+        if ds:
+            lv = ds[0]["acc_levels"]
+            print(f"\nmean |level read - level| of the heads on valid pairs noised to a known level ({k}, mean "
+                  f"over {len(ds)} seed(s)):\n\n| head | " + " | ".join(f"i = {v}" for v in lv) + " |\n|---"
+                  + "|---" * len(lv) + "|")
+            for h in ("i2", "i1"):
+                print(f"| {h} | " + " | ".join(f"{v:.1f}" for v in np.mean([d[f"acc_{h}"] for d in ds], 0)) + " |")
     print(f"\n| method | completed | stable steps (min) | calls/step | worst shell | shells > {args.tol:g} "
           f"| worst shell, last fifth | enstrophy ratio | enstrophy ratio, last fifth | ms/step |")
     print("|---" * 10 + "|")

@@ -36,7 +36,7 @@ from sns.diffusion.schedules import Schedule
 from sns.nets.base import PairDenoiser
 
 __all__ = ["NearestStateGuard", "SNSRefiner", "calibrate_proposal_sigma", "calibrate_skip_threshold",
-           "estimate_levels"]
+           "estimate_levels", "head_accuracy"]
 
 PathFn = Callable[[Tensor, Tensor, int], Path]  #: (s1, s2, S) start coordinates -> Path
 
@@ -73,6 +73,45 @@ def calibrate_skip_threshold(denoiser: PairDenoiser, x_prev: Tensor, x_next: Ten
     i2 = torch.cat([r[0] for r in reads]).double()
     i1 = torch.cat([r[1] for r in reads]).double()
     return int(i2.quantile(quantile).floor()), int(i1.quantile(quantile).floor())
+
+
+@torch.no_grad()
+def head_accuracy(denoiser: PairDenoiser, schedule: Schedule, x_prev: Tensor, x_next: Tensor,
+                  levels: Tensor | list[int] | None = None, seed: int = 0, batch: int = 4096) -> dict[str, Tensor]:
+    """How well the level heads read *known* levels, as in training: for each ``i`` of ``levels``
+    (default: every tenth level and the top), ``x_{t-1}`` noised to table level ``i`` and ``x_t``
+    to a uniformly random level, read by :func:`estimate_levels` (the ``i2`` head's error at
+    ``i``), and the other way round (the ``i1`` head's).  Returns ``{"levels", "i2", "i1"}``: the
+    levels ``(L,)`` and each head's mean absolute error in levels ``(L,)`` (0: exact; a head
+    that always answers the middle level is off by ~S/4 on average).
+
+    The heads must read the levels they meet well for estimated levels to work: a head that reads
+    every input near one level has learned nothing (``benchmarks/RESULTS.md``, issue 14).  Use
+    held-out pairs (e.g. the valid split), normalised like the training data.
+    """
+    S = schedule.n_levels
+    lv = torch.as_tensor(levels if levels is not None else sorted({*range(0, S, 10), S - 1}), dtype=torch.long)
+    if lv.ndim != 1 or lv.numel() == 0 or bool(((lv < 0) | (lv >= S)).any()):
+        raise ValueError(f"levels must be table levels in [0, {S}), got {lv.tolist()}")
+    if x_prev.shape != x_next.shape or x_prev.shape[0] < 1:
+        raise ValueError(f"need non-empty pairs of equal shape, got {tuple(x_prev.shape)} and {tuple(x_next.shape)}")
+    g = torch.Generator(device=x_prev.device).manual_seed(seed)
+    err2, err1 = [], []
+    for i in lv.tolist():
+        e2 = e1 = 0.0
+        for k in range(0, len(x_prev), batch):
+            xp, xn = x_prev[k:k + batch], x_next[k:k + batch]
+            lvl = torch.full((len(xp),), i, dtype=torch.long, device=xp.device)
+            rnd = torch.randint(S, (len(xp),), generator=g, device=xp.device)
+            i2, _ = estimate_levels(denoiser, noise_state(schedule, xp, lvl, generator=g)[0],
+                                    noise_state(schedule, xn, rnd, generator=g)[0])
+            _, i1 = estimate_levels(denoiser, noise_state(schedule, xp, rnd, generator=g)[0],
+                                    noise_state(schedule, xn, lvl, generator=g)[0])
+            e2 += float((i2 - i).abs().sum())
+            e1 += float((i1 - i).abs().sum())
+        err2.append(e2 / len(x_prev))
+        err1.append(e1 / len(x_prev))
+    return {"levels": lv, "i2": torch.tensor(err2), "i1": torch.tensor(err1)}
 
 
 @torch.no_grad()

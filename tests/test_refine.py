@@ -156,3 +156,38 @@ def test_refiner_errors(trained):
         SNSRefiner(net, sch, lambda u: u[:, :2])(torch.zeros(4, 3))
     with pytest.raises(ValueError, match="must end with s1 = 0"):
         SNSRefiner(net, sch, lambda u: u, path=lambda s1, s2, S: thermalizer_path(s1, 1, S))(torch.zeros(4, 3))
+
+
+class _VarianceOracle(torch.nn.Module):
+    """Heads that read the level from the variance of a state whose clean value is 0 (the data
+    here): x^i = sqrt(1 - abar_i) eps, so var(x^i) names i; logits peak at the nearest level."""
+
+    def __init__(self, schedule, constant=None):
+        super().__init__()
+        self.var = 1 - schedule.abar.double()
+        self.constant = constant
+
+    def estimate_levels(self, x_prev, x_next):
+        def logits(x):
+            if self.constant is not None:
+                out = torch.zeros(len(x), len(self.var))
+                out[:, self.constant] = 1.0
+                return out
+            v = x.double().flatten(1).pow(2).mean(1)
+            return -(torch.log(self.var)[None] - torch.log(v)[:, None]).abs()
+        return logits(x_prev), logits(x_next)
+
+
+def test_head_accuracy_reads_an_oracle_as_exact_and_a_constant_as_off():
+    from sns.diffusion import log_sigma_schedule
+    from sns.refine import head_accuracy
+
+    sch = log_sigma_schedule(100, 1e-3, 80.0)
+    zeros = torch.zeros(64, 4096)
+    acc = head_accuracy(_VarianceOracle(sch), sch, zeros, zeros, levels=[0, 10, 30, 50])
+    assert acc["levels"].tolist() == [0, 10, 30, 50]
+    assert (acc["i2"] < 0.5).all() and (acc["i1"] < 0.5).all()  # variance resolves adjacent levels here
+    const = head_accuracy(_VarianceOracle(sch, constant=50), sch, zeros, zeros, levels=[0, 10, 30, 50])
+    assert const["i2"].tolist() == [50.0, 40.0, 20.0, 0.0] == const["i1"].tolist()
+    with pytest.raises(ValueError, match="levels must be table levels"):
+        head_accuracy(_VarianceOracle(sch), sch, zeros, zeros, levels=[100])
