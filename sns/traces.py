@@ -75,7 +75,7 @@ class Series:
 
 
 def _check_values(values: np.ndarray, columns: Sequence[str], min_samples: int) -> None:
-    N, T, D = values.shape
+    N, T, _ = values.shape
     for j, name in enumerate(columns):
         col = values[:, :, j]
         bad = ~np.isfinite(col)
@@ -253,7 +253,7 @@ def _fit_node(train: np.ndarray, dt: float, steps: int, seed: int, window: int, 
 
     torch.manual_seed(seed)
     x = torch.as_tensor(train, dtype=torch.float32)
-    N, T, D = x.shape
+    D = x.shape[-1]
     w = x.unfold(1, window + 1, 1).permute(0, 1, 3, 2).reshape(-1, window + 1, D)
     model = NeuralODE(D, hidden=hidden, depth=3, activation="tanh", dt=dt, rtol=1e-4, atol=1e-5)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -495,7 +495,7 @@ def make_traces(
         from sns.generators import WindowGAN
 
         kw = {"window": 16, "divergence_features": False, **(gan or {})}
-        model, hist = WindowGAN.fit(train, series.dt, steps=steps, seed=seed, progress=tick, **kw)
+        model, _ = WindowGAN.fit(train, series.dt, steps=steps, seed=seed, progress=tick, **kw)
         bar.close()
         t_train = time.perf_counter() - t0
         t0 = time.perf_counter()
