@@ -68,6 +68,14 @@ def test_full_state_csv_with_the_cli(lorenz_csv, tmp_path):
     assert xr.open_zarr(out / "traces.zarr", consolidated=False)["traces"].shape == (2, 200, 3)
 
 
+def test_hybrid_node_then_gan(lorenz_csv, tmp_path):
+    rep = make_traces(lorenz_csv, tmp_path / "hy", columns=["x", "y", "z"], dt=0.05, generator="hybrid", steps=5,
+                      n_traces=3, length=100, node={"window": 2}, hybrid={"node_traces": 4, "node_length": 64},
+                      progress=False)
+    assert rep["generator"] == "hybrid" and rep["training"]["node_traces"] == 4
+    assert xr.open_zarr(tmp_path / "hy" / "traces.zarr", consolidated=False)["traces"].shape == (3, 100, 3)
+
+
 def test_decision_framework():
     assert choose_generator(True, True)[0] == "hmc"
     assert choose_generator(False, False)[0] == "gan"
