@@ -291,7 +291,7 @@ def _fit_node(train: np.ndarray, dt: float, steps: int, seed: int, window: int, 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if progress is not None:
             progress(k + 1, steps)
     return model.eval(), {"final_loss": float(np.mean(losses[-20:])), "divergence_target": target}
