@@ -163,7 +163,7 @@ def _roll(setup, out, *extra):
 def test_rollout_ensemble_and_evaluate(setup, tmp_path):
     from omegaconf import OmegaConf
 
-    from sns.cli.evaluate import Source, _ensemble, _pearson, evaluate
+    from sns.evaluation import Source, _ensemble, _pearson, evaluate
     from sns.cli.rollout import default_out, run_identity
     from sns.rollout import open_rollout
 
@@ -267,7 +267,7 @@ class _NoisyWithFailure(torch.nn.Module):
 def test_retired_member_is_left_out_and_reported(setup, tmp_path):
     """One member of an ensemble blows up: with on_failure="retire" the others run on, and
     sns-evaluate scores the survivors, the whole ensembles, and says who retired."""
-    from sns.cli.evaluate import Source, evaluate
+    from sns.evaluation import Source, evaluate
     from sns.rollout import open_rollout, rollout
 
     _, data, _ = setup

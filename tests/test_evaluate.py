@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sns.cli.evaluate import evaluate
+from sns.evaluation import evaluate
 from sns.data.generate import generate_dataset
 from sns.data.io import open_dataset
 from sns.metrics import energy_spectrum, spatiotemporal_correlation, wasserstein1_per_coordinate
@@ -96,7 +96,7 @@ def test_field_report_streams_like_memory(tmp_path):
     rep = evaluate(tmp_path / "ref.zarr", {"replay": tmp_path / "a.zarr"}, tmp_path / "rep", chunk=7, max_lag=5,
                    corr_steps=T - 1)
     # compare with the in-memory computations
-    from sns.cli.evaluate import Source, _field_stats
+    from sns.evaluation import Source, _field_stats
 
     st = _field_stats(Source(tmp_path / "a.zarr"), 0, 7, T - 1, 5, [])
     k, e = energy_spectrum(frames[0, :, 0].double())

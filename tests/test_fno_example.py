@@ -90,7 +90,7 @@ def test_fno_from_the_command_line_rolls_out_and_evaluates(factory, tmp_path):
     from hydra import compose, initialize_config_dir
 
     from sns.cli import CONFIG_PATH
-    from sns.cli.evaluate import evaluate
+    from sns.evaluation import evaluate
     from sns.cli.rollout import run_rollout
     from sns.data.generate import generate_dataset
     from sns.data.windows import WindowDataset

@@ -110,7 +110,7 @@ def train(overrides, run):
 
 
 def test_netcdf_field_store_end_to_end(netcdf, tmp_path, monkeypatch):
-    from sns.cli.evaluate import evaluate
+    from sns.evaluation import evaluate
     from sns.cli.rollout import run_rollout
 
     w = field_values()
@@ -213,7 +213,7 @@ def test_coarsening_and_channels(tmp_path):
     zero = import_dataset(src, tmp_path / "zero", centre=False, **kw)
     assert open_dataset(zero).attrs["norm_offset"] == [0.0, 0.0]  # sns-generate's rule for fields
     # sns-evaluate on a square generic grid: spectra computed (a split standing in for a rollout), with a note
-    from sns.cli.evaluate import evaluate
+    from sns.evaluation import evaluate
 
     report = evaluate(spec / "test.zarr", {"train": spec / "train.zarr"}, tmp_path / "report", max_lag=1)
     row = next(r for r in report["rows"] if r["method"] == "train")
@@ -225,7 +225,7 @@ def test_coarsening_and_channels(tmp_path):
 
 
 def test_csv_vector_system_end_to_end(tmp_path, monkeypatch):
-    from sns.cli.evaluate import evaluate
+    from sns.evaluation import evaluate
     from sns.cli.rollout import run_rollout
 
     traj, rows = oscillator()

@@ -13,7 +13,7 @@ Stages, each a library call with plain arguments, all under ``out_dir``:
    SNS-refined surrogate for ``rollout.n_steps`` steps (``rollout.max_wall_time``: a safety cap),
    then the bare surrogate for ``rollout.surrogate_steps`` steps (default: as many as the refined
    run reached) (:func:`sns.cli.rollout.run_rollout`);
-5. **evaluation** against the test split (:func:`sns.cli.evaluate.evaluate`), with the
+5. **evaluation** against the test split (:func:`sns.evaluation.evaluate`), with the
    ``floor_split`` data split as a row of its own (the sampling floor): a metrics table
    (markdown, CSV, JSON) and figures in ``out_dir/report``.
 
@@ -132,7 +132,7 @@ def run_demo(cfg: DictConfig) -> dict[str, Any]:
                                      f"out={stores['surrogate']}", *common]))
     timings["rollout surrogate"] = time.perf_counter() - t0
 
-    from sns.cli.evaluate import evaluate
+    from sns.evaluation import evaluate
 
     t0 = time.perf_counter()
     e = cfg.evaluate
