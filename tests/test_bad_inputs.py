@@ -210,6 +210,8 @@ ROWS = [
     ("rollout seed=abc", roll("seed=abc"), ["seed must be an integer, got 'abc'"]),
     ("rollout chunk=0", roll("chunk=0"), ["chunk must be an integer >= 1, got 0"]),
     ("rollout ensemble=0", roll("ensemble=0"), ["ensemble must be an integer >= 1"]),
+    ("rollout on_failure=skip", roll("on_failure=skip"), ["on_failure must be one of", "'skip'"]),
+    ("rollout precision=int8", roll("precision=int8"), ["precision must be one of", "'int8'"]),
     ("rollout trajectories=99", roll("trajectories=99"), ["trajectories must be in [1, 2]", "test.zarr", "99"]),
     ("rollout start_frame=-1", roll("start_frame=-1"), ["start_frame must be in [0, 38], got -1"]),
     ("rollout gaussian.sigma=abc", roll("gaussian.sigma=abc"), ["gaussian.sigma must be a number"]),
