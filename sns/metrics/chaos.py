@@ -980,11 +980,11 @@ def power_spectral_density(
 def local_divergence(field: Callable[[Tensor], Tensor], x: ArrayLike | Tensor) -> np.ndarray:
     """Exact divergence ``tr(df/dx)`` of a torch vector field at points ``x`` ``(N, D)``.
 
-    ``D`` vector-Jacobian products by autograd (:func:`sns.losses.divergence.divergence`,
+    ``D`` vector-Jacobian products by autograd (:func:`sns.diffops.divergence`,
     ``method="exact"``); ``field`` maps ``(N, D) -> (N, D)`` row by row.  Points are used
     in the field's dtype if it has parameters, else float64.  Returns ``(N,)``.
     """
-    from sns.losses.divergence import divergence
+    from sns.diffops import divergence
 
     pts = _field_points(field, x)
     return _np(divergence(field, pts, method="exact", create_graph=False))
