@@ -11,7 +11,11 @@ cast back to the input's dtype, so the rollout, its store and its checkpoints ar
 
 What it costs in accuracy is measured, not assumed: ``tests/test_precision.py`` bounds the
 one-step and the rollout-statistics differences of a refined rollout, and
-``benchmarks/performance.py --precision`` reports the speed-up of the cpu pair U-Net.
+``benchmarks/mixed_precision.py`` times it against fp32 on trained models.  **On a CPU without
+native bfloat16 (AVX2 only, no AVX512-BF16 / AMX) bf16 autocast is much slower than fp32**
+(measured here: a 3x3 convolution 58x, the cpu Kolmogorov surrogate 25x): oneDNN falls back to
+emulation.  :class:`MixedPrecision` warns in that case; use it on GPUs and on CPUs whose
+``torch.backends.cpu.get_cpu_capability()`` reports AVX512 or AMX.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PRECISIONS", "MixedPrecision", "autocast_dtype"]
+__all__ = ["PRECISIONS", "MixedPrecision", "autocast_dtype", "slow_cpu_autocast"]
 
 #: names accepted by :func:`autocast_dtype` (``sns-rollout precision=...``)
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -34,6 +38,13 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
     if precision not in table:
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
     return table[precision]
+
+
+def slow_cpu_autocast() -> bool:
+    """Whether this CPU lacks native reduced-precision matrix units (torch reports AVX2 or less),
+    so that CPU autocast is emulated and slower than fp32."""
+    cap = str(torch.backends.cpu.get_cpu_capability()).upper()
+    return not any(k in cap for k in ("AVX512", "AMX"))
 
 
 class MixedPrecision(nn.Module):
@@ -60,6 +71,7 @@ class MixedPrecision(nn.Module):
 
         self.step = step
         self.precision = precision
+        self._warned = False
         self.dtype = dtype
         self._pass_generator = accepts_generator(step)
         self.counts_calls = counts_calls(step)
@@ -73,6 +85,12 @@ class MixedPrecision(nn.Module):
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         from sns.rollout.stepper import call_step, check_step_output
 
+        if x.device.type == "cpu" and not self._warned and slow_cpu_autocast():
+            import warnings
+
+            warnings.warn(f"{self.precision} autocast on this CPU ({torch.backends.cpu.get_cpu_capability()}, no "
+                          "native bfloat16/float16) is emulated and much slower than fp32 (sns.precision)", stacklevel=2)
+            self._warned = True
         with torch.autocast(device_type=x.device.type, dtype=self.dtype):
             y = call_step(self.step, x, generator, self._pass_generator)
         return check_step_output(x, y, "the wrapped stepper").to(x.dtype)
