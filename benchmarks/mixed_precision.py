@@ -57,8 +57,9 @@ def main() -> None:
     def sns_step():
         return SNSRefiner(den, sch, sur, fixed_levels=(20, 20), n_moves=1)
 
+    refiner = sns_step()
     cases = {"surrogate forward": lambda: sur(x0), "denoiser level estimation": lambda: estimate_levels(den, x0, x0),
-             "SNS step, fixed (20,20)": lambda r=sns_step(): r(x0, generator=torch.Generator().manual_seed(0))}
+             "SNS step, fixed (20,20)": lambda: refiner(x0, generator=torch.Generator().manual_seed(0))}
     times: dict[tuple[str, str], list[float]] = {}
     with torch.no_grad():
         for f in cases.values():  # warm-up, both precisions
