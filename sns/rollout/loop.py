@@ -399,31 +399,9 @@ def rollout(
                     )
                 calls = read_calls(step, batch) if has_counter else None
                 rms = state_rms(x_new).cpu().numpy()
-                if retired:  # outputs of retired trajectories are discarded
-                    gone = sorted(retired)
-                    rms[gone] = 0.0
                 if on_failure == "retire":
-                    failed = ~np.isfinite(rms)
-                    if data_rms is not None:
-                        failed |= rms > blowup_factor * data_rms
-                    new_bad = np.flatnonzero(failed).tolist()
-                    if new_bad and len(retired) + len(new_bad) < batch:
-                        for i in new_bad:
-                            retired[i] = t
-                            log.warning("rollout: trajectory %d retired at step %d (RMS %s)", i, t, rms[i])
-                        new_bad = []
-                    if not new_bad and retired:
-                        gone = sorted(retired)
-                        keep = x.clone()  # retired rows: the last good state, stored as NaN
-                        active = torch.ones(batch, dtype=torch.bool, device=x.device)
-                        active[gone] = False
-                        keep[active] = x_new[active]
-                        x_new = keep
-                        rms[gone] = np.nan
-                        if calls is not None:
-                            calls = np.asarray(calls).copy()
-                            calls[gone] = 0
-                live = np.where(np.isnan(rms) & np.isin(np.arange(batch), list(retired)), 0.0, rms)
+                    x_new, rms, calls = _retire_failures(x, x_new, rms, calls, retired, t, data_rms, blowup_factor)
+                live = np.where(np.isin(np.arange(batch), list(retired)), 0.0, rms) if retired else rms
                 if not np.isfinite(live).all():
                     bad = np.flatnonzero(~np.isfinite(live)).tolist()
                     status, stop_step = STATUS_NONFINITE, t
@@ -600,6 +578,36 @@ def _finish(
         message=message,
         retired=dict(sorted((retired or {}).items())),
     )
+
+
+def _retire_failures(x: Tensor, x_new: Tensor, rms: np.ndarray, calls: np.ndarray | None, retired: dict[int, int],
+                     t: int, data_rms: float | None, blowup_factor: float
+                     ) -> tuple[Tensor, np.ndarray, np.ndarray | None]:
+    """``on_failure="retire"`` at step ``t``: record in ``retired`` the trajectories whose new state
+    is non-finite or blown up -- unless that would retire every one, which the caller then stops
+    as a failure -- and return ``(x_new, rms, calls)`` with every retired row handed its last
+    good state back (its output discarded), its RMS NaN and its calls 0."""
+    rms = rms.copy()
+    rms[sorted(retired)] = 0.0  # earlier retirees' outputs do not count
+    failed = ~np.isfinite(rms)
+    if data_rms is not None:
+        failed |= rms > blowup_factor * data_rms
+    new = np.flatnonzero(failed).tolist()
+    if new and len(retired) + len(new) >= len(rms):
+        return x_new, rms, calls  # the last trajectories fail: the rollout stops
+    for i in new:
+        retired[i] = t
+        log.warning("rollout: trajectory %d retired at step %d (RMS %s)", i, t, rms[i])
+    if not retired:
+        return x_new, rms, calls
+    gone = sorted(retired)
+    out = x_new.clone()
+    out[gone] = x[gone]
+    rms[gone] = np.nan
+    if calls is not None:
+        calls = np.asarray(calls).copy()
+        calls[gone] = 0
+    return out, rms, calls
 
 
 def _nan_rows(x: Tensor, rows: Mapping[int, int]) -> Tensor:
