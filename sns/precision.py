@@ -13,7 +13,7 @@ What it costs in accuracy is measured, not assumed: ``tests/test_precision.py`` 
 one-step and the rollout-statistics differences of a refined rollout, and
 ``benchmarks/mixed_precision.py`` times it against fp32 on trained models.  **On a CPU without
 native bfloat16 (AVX2 only, no AVX512-BF16 / AMX) bf16 autocast is much slower than fp32**
-(measured here: a 3x3 convolution 58x, the cpu Kolmogorov surrogate 25x): oneDNN falls back to
+(measured here: a 3x3 convolution 58x, the cpu Kolmogorov models 14-31x): oneDNN falls back to
 emulation.  :class:`MixedPrecision` warns in that case; use it on GPUs and on CPUs whose
 ``torch.backends.cpu.get_cpu_capability()`` reports AVX512 or AMX.
 """
