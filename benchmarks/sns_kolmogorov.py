@@ -79,6 +79,9 @@ def methods(sur, den, sch, n_moves: int, sigma_p: float) -> dict[str, object]:
     out: dict[str, object] = {"bare surrogate": GaussianApproximation(sur)}
     out[f"log-sigma, estimated, n_moves {n_moves}, proposal noise sqrt(2) RMSE"] = SNSRefiner(
         **kw, n_moves=n_moves, proposal_sigma=sigma_p)
+    # without proposal noise: the heads read a valid proposal at (i2, i1) ~ (41, 0) (the smooth
+    # proposal looks clean to i1, its mismatch is blamed on x_{t-1}): path A then cleans x_{t-1}
+    out[f"log-sigma, estimated, n_moves {n_moves}"] = SNSRefiner(**kw, n_moves=n_moves)
     for i in FIXED:  # highest first: on two-scale Lorenz-96 the best fixed level was (40, 40)
         sigma = float(((1 - sch.abar[i]) / sch.abar[i]).sqrt())
         out[f"log-sigma, fixed ({i},{i}) (sigma {sigma:.2g}), 1 move per leg"] = SNSRefiner(
