@@ -102,7 +102,7 @@ def main() -> None:
     p.add_argument("--burn", type=int, default=100)
     p.add_argument("--tol", type=float, default=0.15, help="per-shell relative error counted as a miss")
     p.add_argument("--max-wall", type=float, default=20_000.0, help="safety cap per rollout (s); the budget is --steps")
-    p.add_argument("--only", nargs="*", help="substrings of the method names to run")
+    p.add_argument("--only", nargs="*", help="substrings of the method names to run ('=name': that name exactly)")
     p.add_argument("--report", action="store_true", help="print the table of every seed stored so far")
     p.add_argument("--seeds-only", action="store_true", help="with --report: run nothing, only report")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
@@ -190,7 +190,7 @@ def main() -> None:
             steppers.update({f"{k} [{args.precision}]": MixedPrecision(v, args.precision)
                              for k, v in methods(sur, den, sch, args.n_moves, sigma_p).items()})
         for name, step in steppers.items():
-            if args.only and not any(s in name for s in args.only):
+            if args.only and not any(name == o[1:] if o.startswith("=") else o in name for o in args.only):
                 continue
             if name in seed_results:  # done by an earlier (interrupted) run of this seed
                 r = results.setdefault(name, {f: [] for f in seed_results[name]})
