@@ -29,8 +29,9 @@ keep the dynamics, and tell me how faithful they are.*  :func:`make_traces` does
    (the rest is held out for the forecast score), in standardised units.
 6. **Traces**: ``n_traces`` of ``length`` frames from initial states drawn from the training
    data, written as a self-describing zarr store (``traces``: ``(trace, time, coordinate)`` in
-   the data's units, coordinate names, ``time`` in the data's time unit, attrs: source, columns,
-   embedding, generator and reason, the configuration), atomically.
+   the data's units, ``time`` in the data's time unit; attrs: ``coordinate_names``, source,
+   columns, embedding, generator and reason, seed, training steps, JSON where structured),
+   atomically; read it with ``xarray.open_zarr(path, consolidated=False)``.
 7. **Validation** (:func:`validate`): synthetic against real, in the data's units -- W1 of the
    marginals (over the real std), D2, the largest Lyapunov exponent (Rosenstein, on the first
    coordinate), the PSD distance (mean |log10| ratio of Welch spectra, first coordinate), the
@@ -327,7 +328,7 @@ def _knn_forecast_rmse(train: np.ndarray, test: np.ndarray, k: int = 5, max_trai
 
 
 def validate(real: np.ndarray, synthetic: np.ndarray, dt: float, held_out: np.ndarray | None = None,
-             figures: Path | None = None, names: Sequence[str] | None = None) -> dict[str, Any]:
+             figures: Path | None = None) -> dict[str, Any]:
     """Synthetic ``(M, L, d)`` against real ``(N, T, d)`` states (module docstring, step 7); traces
     with non-finite values are left out and counted.  ``held_out`` ``(N, T2, d)``: real states the
     generator did not see, for the forecast score."""
@@ -557,7 +558,7 @@ def make_traces(
     coords = series.columns if emb["full_state"] else [f"{series.columns[0]}(t-{k}*{emb['delay']})"
                                                         for k in range(emb["dim"])]
     out.mkdir(parents=True, exist_ok=True)
-    report["validation"] = validate(train, traces, series.dt, held_out=held, figures=out / "figures", names=coords)
+    report["validation"] = validate(train, traces, series.dt, held_out=held, figures=out / "figures")
     attrs = {"sns_schema": SCHEMA, "source": series.source, "columns": series.columns, "dt": series.dt,
              "time_unit": series.time_unit, "generator": gen_name, "reason": reason, "seed": seed,
              "embedding": emb, "training_steps": steps}
