@@ -103,8 +103,9 @@ def steppers(args, clean_conditioning: bool = False, generation_clamp: float | N
     generation starts at the top level of the cosine schedule, where ``abar`` is ~1e-7 and the
     ``x0`` estimate multiplies the network's noise error by ``1/sqrt(abar)`` (~2000 for S = 100).
     """
-    from sns.baselines import ACDM, GaussianApproximation, PDERefiner, Thermalizer
+    from sns.baselines import GaussianApproximation
     from sns.export import load_model, load_schedule
+    from sns.methods import build_stepper
     from sns.refine import SNSRefiner
 
     def load(task):
@@ -116,7 +117,7 @@ def steppers(args, clean_conditioning: bool = False, generation_clamp: float | N
     therm, tx = load("thermalizer")
     pde, px = load("pde_refiner")
     sch = load_schedule(dx)
-    methods = {
+    methods = {  # SNS's path variants: the library class with the option each row ablates
         "Gaussian approx. (surrogate)": GaussianApproximation(sur),
         "SNS path A (estimated levels)": SNSRefiner(den, sch, sur, path="A"),
         "SNS path A, fixed levels (0,0)": SNSRefiner(den, sch, sur, path="A", fixed_levels=(0, 0)),
@@ -125,12 +126,12 @@ def steppers(args, clean_conditioning: bool = False, generation_clamp: float | N
         "SNS fix s2": SNSRefiner(den, sch, sur, path="fix_s2"),
     }
     if clean_conditioning:  # x_t generated from pure noise, conditioned on the (almost) clean x_{t-1}
-        methods["clean conditioning (generation)"] = SNSRefiner(den, sch, None, fixed_levels=(0, sch.n_levels - 1),
-                                                                clamp=generation_clamp)
-    methods[f"ACDM (S = {args.acdm_levels})"] = ACDM(acdm, load_schedule(ax))
-    methods[f"Thermalizer {args.therm_start}/{args.therm_stop}"] = Thermalizer(
-        therm, load_schedule(tx), sur, start=args.therm_start, stop=args.therm_stop, limit=None)
-    methods["PDE-Refiner (K = 3)"] = PDERefiner(pde, **px["pde_refiner"])
+        methods["clean conditioning (generation)"] = build_stepper("clean_conditioning", den, dx,
+                                                                   settings={"clamp": generation_clamp})[0]
+    methods[f"ACDM (S = {args.acdm_levels})"] = build_stepper("acdm", acdm, ax)[0]
+    methods[f"Thermalizer {args.therm_start}/{args.therm_stop}"] = build_stepper(
+        "thermalizer", therm, tx, sur, {"start": args.therm_start, "stop": args.therm_stop, "limit": None})[0]
+    methods["PDE-Refiner (K = 3)"] = build_stepper("pde_refiner", pde, px)[0]
     return methods
 
 

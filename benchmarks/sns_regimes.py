@@ -129,7 +129,7 @@ def methods(sur, den_cos, sch_cos, den_log, sch_log, n_moves: int, k_log: tuple[
     return out
 
 
-def baselines(sur, den_cos, sch_cos, files: dict[str, Path], surrogate_free: bool, therm_start: int = 6,
+def baselines(sur, files: dict[str, Path], surrogate_free: bool, therm_start: int = 6,
               therm_stop: int = 4, clamp: float | None = None) -> dict[str, object]:
     """The paper's baselines, each at its paper setting (see the module docstring): the Thermalizer
     on the surrogate ``sur``, and with ``surrogate_free`` the methods that use no surrogate.
@@ -137,23 +137,22 @@ def baselines(sur, den_cos, sch_cos, files: dict[str, Path], surrogate_free: boo
     schedule, where ``x0_hat`` multiplies the network's error by up to ``1/sqrt(abar_S)``; DDPM's
     sampler clips ``x0_hat`` to the data range the same way); unclamped, it blew up at the first
     step on two-scale Lorenz-96."""
-    from sns.baselines import ACDM, PDERefiner, Thermalizer
     from sns.export import load_model, load_schedule
-    from sns.refine import SNSRefiner
+    from sns.methods import build_stepper
 
     therm, tx = load_model(files["thermalizer"])
-    out: dict[str, object] = {f"Thermalizer {therm_start}/{therm_stop}": Thermalizer(
-        therm, load_schedule(tx), sur, start=therm_start, stop=therm_stop, limit=None)}
+    out: dict[str, object] = {f"Thermalizer {therm_start}/{therm_stop}": build_stepper(
+        "thermalizer", therm, tx, sur, {"start": therm_start, "stop": therm_stop, "limit": None})[0]}
     if surrogate_free:
         acdm, ax = load_model(files["acdm"])
         pde, px = load_model(files["pde_refiner"])
-        out["PDE-Refiner (K = 3)"] = PDERefiner(pde, **px["pde_refiner"])
-        out[f"ACDM (S = {load_schedule(ax).n_levels}, no surrogate)"] = ACDM(acdm, load_schedule(ax))
-        out["clean conditioning (cosine, generation, S = 100)"] = SNSRefiner(
-            den_cos, sch_cos, None, fixed_levels=(0, sch_cos.n_levels - 1))
+        den_cos, xc = load_model(files["cos"])
+        out["PDE-Refiner (K = 3)"] = build_stepper("pde_refiner", pde, px)[0]
+        out[f"ACDM (S = {load_schedule(ax).n_levels}, no surrogate)"] = build_stepper("acdm", acdm, ax)[0]
+        out["clean conditioning (cosine, generation, S = 100)"] = build_stepper("clean_conditioning", den_cos, xc)[0]
         if clamp is not None:
-            out["clean conditioning (cosine, generation, S = 100), clamp"] = SNSRefiner(
-                den_cos, sch_cos, None, fixed_levels=(0, sch_cos.n_levels - 1), clamp=clamp)
+            out["clean conditioning (cosine, generation, S = 100), clamp"] = build_stepper(
+                "clean_conditioning", den_cos, xc, settings={"clamp": clamp})[0]
     return out
 
 
@@ -311,7 +310,7 @@ def main() -> None:
             todo = methods(sur, den_cos, sch_cos, den_log, sch_log, args.n_moves, k_log, sigma_p, args.all_methods,
                            guard, clamp=1.5 * float(norm(ref).abs().max()))
             if args.baselines:  # the surrogate-free ones listed under the good surrogate
-                todo.update(baselines(sur, den_cos, sch_cos, files, surrogate_free=which == "good",
+                todo.update(baselines(sur, files, surrogate_free=which == "good",
                                       clamp=1.5 * float(norm(ref).abs().max())))
             for name, step in todo.items():
                 if args.only and not any(s in name for s in args.only):

@@ -26,17 +26,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from sns.diffusion.noising import noise_state, randn_like
-from sns.diffusion.paths import PATHS, Path, make_path, traverse
+from sns.diffusion.paths import PATHS, Path, level_to_coord, make_path, traverse
 from sns.diffusion.schedules import Schedule
 from sns.nets.base import PairDenoiser
 
 __all__ = ["NearestStateGuard", "SNSRefiner", "calibrate_proposal_sigma", "calibrate_skip_threshold",
-           "estimate_levels", "head_accuracy"]
+           "clean_conditioning_from_settings", "estimate_levels", "from_settings", "head_accuracy"]
 
 PathFn = Callable[[Tensor, Tensor, int], Path]  #: (s1, s2, S) start coordinates -> Path
 
@@ -48,8 +49,8 @@ def estimate_levels(denoiser: PairDenoiser, x_prev: Tensor, x_next: Tensor) -> t
     One network call (the encoder and the heads only).  The order follows the states
     ``(x_{t-1}, x_t)``, as in :meth:`~sns.nets.base.PairDenoiser.estimate_levels`.
     """
-    logits_s2, logits_s1 = denoiser.estimate_levels(x_prev, x_next)
-    return logits_s2.argmax(-1), logits_s1.argmax(-1)
+    logits_i2, logits_i1 = denoiser.estimate_levels(x_prev, x_next)
+    return logits_i2.argmax(-1), logits_i1.argmax(-1)
 
 
 @torch.no_grad()
@@ -250,12 +251,12 @@ class SNSRefiner(nn.Module):
             ``1 + 2 n_moves`` calls whatever the levels; ``None``: unit steps (the paper).
         eta: stochasticity of each reverse move (1: DDPM posterior; 0: DDIM, deterministic).
         couple_levels: start ``x_t`` at least as high as ``x_{t-1}``: ``i1 = max(i1_hat, i2_hat)``.
-            The proposal was computed from the *unrefined* ``x_{t-1}``, so if the ``s2`` head reads
+            The proposal was computed from the *unrefined* ``x_{t-1}``, so if the ``i2`` head reads
             ``x_{t-1}`` off the data manifold at level ``i2``, ``x_t`` inherits (at least) that
-            error even when the pair is locally consistent and the ``s1`` head reads it as clean;
+            error even when the pair is locally consistent and the ``i1`` head reads it as clean;
             path A then cleans ``x_{t-1}`` and regenerates ``x_t`` from level ``i2`` given it, so
             a slow drift of the *state* (each step locally consistent) can trigger refinement
-            -- if the ``s2`` head sees the drift.  Measured on Lorenz-63 it did not (the head
+            -- if the ``i2`` head sees the drift.  Measured on Lorenz-63 it did not (the head
             measures distance to the data's support, and the collapsing states stay near it),
             and coupling made rollouts worse (benchmarks/RESULTS.md, issue 14).
         state_guard: a callable mapping the normalised ``x_{t-1}`` ``(B, *state)`` to a floor on
@@ -399,7 +400,9 @@ class SNSRefiner(nn.Module):
             raise TypeError(f"from_file sets {', '.join(clash)} itself (from the file and units=); "
                             "build SNSRefiner(...) directly to choose them")
         model, extra = load_model(denoiser_path, device)
-        task, method = extra.get("task"), extra.get("method", "sns")
+        from sns.methods import method_of
+
+        task, method = extra.get("task"), method_of(extra).name
         if task != "denoiser" or method != "sns":
             raise ValueError(f"{denoiser_path} holds a model with task={task!r}, method={method!r}; SNSRefiner "
                              "needs an SNS pair denoiser (task='denoiser', method='sns'): "
@@ -500,7 +503,7 @@ class SNSRefiner(nn.Module):
             xn = x_hat[idx]
             if self.surrogate is not None:
                 xn, _ = noise_state(self.schedule, xn, i1[idx], generator=generator)
-            path = self._path(i1[idx].cpu() + 1, i2[idx].cpu() + 1)
+            path = self._path(level_to_coord(i1[idx].cpu()), level_to_coord(i2[idx].cpu()))
             result = traverse(self.denoiser, self.schedule, xp, xn, path, self.clamp, generator, eta=self.eta)
             out[idx] = result.x_next
             calls[idx] += result.calls.to(calls.device)
@@ -508,3 +511,84 @@ class SNSRefiner(nn.Module):
         self.n_steps += 1
         self.total_calls += int(calls.sum()) / B
         return out * self.scale + self.shift
+
+
+#: Options of ``sns-rollout refiner.*`` (conf/rollout.yaml documents each).
+DEFAULTS: dict[str, Any] = {"path": "A", "proposal_sigma": 0.0, "skip_threshold": None, "n_moves": None, "eta": 1.0,
+                            "couple_levels": False, "fixed_levels": None, "clamp": None, "state_guard": False}
+
+
+def from_settings(model: PairDenoiser, extra: dict[str, Any], surrogate: Any, settings: dict[str, Any],
+                  context: Any) -> tuple[SNSRefiner, dict[str, Any]]:
+    """Registry builder of ``sns`` (:mod:`sns.methods`): :class:`SNSRefiner` from ``refiner.*``
+    options (:data:`DEFAULTS` where silent).  Data-calibrated options read the data set through
+    ``context`` (:class:`sns.methods.StepperContext`): ``proposal_sigma: auto`` is sqrt(2) x the
+    surrogate's one-step RMSE on up to 4096 valid pairs (:func:`calibrate_proposal_sigma`);
+    ``state_guard: true`` (or a quantile in (0, 1]) is :class:`NearestStateGuard` calibrated on
+    the train split (reference) and the valid split (threshold, level table).  The recorded
+    settings add ``proposal_sigma_auto`` and ``state_guard_threshold`` where they apply."""
+    from sns.export import load_schedule
+
+    unknown = sorted(set(settings) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown refiner option(s) {unknown}; valid: {sorted(DEFAULTS)}")
+    r = {**DEFAULTS, **settings}
+    try:
+        fixed = tuple(int(v) for v in r["fixed_levels"]) if r["fixed_levels"] is not None else None
+    except (TypeError, ValueError):
+        raise ValueError(f"refiner.fixed_levels must be two integer table levels [i2, i1] or null, got "
+                         f"{r['fixed_levels']!r}") from None
+    skip = r["skip_threshold"]
+    skip = tuple(int(v) for v in skip) if isinstance(skip, (list, tuple)) else skip
+    if isinstance(r["proposal_sigma"], str):
+        if r["proposal_sigma"] != "auto":
+            raise ValueError(f"refiner.proposal_sigma must be a number or 'auto', got {r['proposal_sigma']!r}")
+        r["proposal_sigma"] = calibrate_proposal_sigma(surrogate, *context.pairs("valid"))
+        r["proposal_sigma_auto"] = True  # sqrt(2) x the surrogate's one-step RMSE on the valid split
+    schedule = load_schedule(extra)
+    guard = None
+    if r["state_guard"] not in (None, False):
+        guard = _state_guard(schedule, r["state_guard"], context)
+        r["state_guard_threshold"] = guard.threshold  # recorded: the distance beyond which it fires
+    step = SNSRefiner(model, schedule, surrogate=surrogate, path=r["path"], proposal_sigma=float(r["proposal_sigma"]),
+                      skip_threshold=skip, fixed_levels=fixed, clamp=r["clamp"], n_moves=r["n_moves"],
+                      eta=float(r["eta"]), couple_levels=bool(r["couple_levels"]), state_guard=guard)
+    return step, r
+
+
+def _state_guard(schedule: Schedule, setting: Any, context: Any, max_states: int = 100_000) -> NearestStateGuard:
+    if setting is True:
+        quantile = 0.999
+    elif isinstance(setting, (int, float)) and not isinstance(setting, bool) and 0.0 < float(setting) <= 1.0:
+        quantile = float(setting)
+    else:
+        raise ValueError(f"refiner.state_guard must be true, false or a quantile in (0, 1], got {setting!r}")
+    reference = context.states("train", max_states)
+    if reference.ndim > 2:  # (N, C, H, W): any field (one channel, layers, imported channels)
+        raise ValueError("refiner.state_guard is for vector systems (nearest neighbours of field states "
+                         "measure the sampling floor, not a drift); set refiner.state_guard=false")
+    held_out = context.states("valid", max_states)
+    return NearestStateGuard.calibrate(schedule, reference, held_out, quantile=quantile)
+
+
+#: Options of ``sns-rollout clean_conditioning.*``.
+CLEAN_CONDITIONING_DEFAULTS: dict[str, Any] = {"clamp": None, "n_moves": None, "eta": 1.0}
+
+
+def clean_conditioning_from_settings(model: PairDenoiser, extra: dict[str, Any], surrogate: Any,
+                                     settings: dict[str, Any], context: Any) -> tuple[SNSRefiner, dict[str, Any]]:
+    """Registry builder of ``clean_conditioning`` (:mod:`sns.methods`): the SNS pair denoiser as a
+    generator, ``x_t`` from pure noise (the top level) given the clean ``x_{t-1}`` (level 0), no
+    surrogate; ``S`` calls per step with unit moves.  Set ``clamp`` (e.g. 1.5x the data's largest
+    |state|): from the top of a cosine schedule ``x0_hat`` multiplies the network's error by up to
+    ``1/sqrt(abar_S)`` (DDPM's sampler clips it the same way)."""
+    from sns.export import load_schedule
+
+    unknown = sorted(set(settings) - set(CLEAN_CONDITIONING_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown clean_conditioning option(s) {unknown}; valid: {sorted(CLEAN_CONDITIONING_DEFAULTS)}")
+    c = {**CLEAN_CONDITIONING_DEFAULTS, **settings}
+    schedule = load_schedule(extra)
+    step = SNSRefiner(model, schedule, None, fixed_levels=(0, schedule.n_levels - 1), clamp=c["clamp"],
+                      n_moves=c["n_moves"], eta=float(c["eta"]))
+    return step, c

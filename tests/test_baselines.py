@@ -42,9 +42,9 @@ class OracleDiffusion(PairDenoiser):
         self.cond = None
         self.calls = 0
 
-    def forward(self, x_prev, x_next, s2=None, s1=None):
+    def forward(self, x_prev, x_next, i2=None, i1=None):
         self.calls += 1
-        abar = self.schedule.abar.float()[s1][:, None]
+        abar = self.schedule.abar.float()[i1][:, None]
         y = target(self.cond)[: x_next.shape[0]] if self.idx is None else target(self.cond)[self.idx]
         eps = (x_next - abar.sqrt() * y) / (1 - abar).sqrt()
         logits = torch.zeros(x_next.shape[0], self.n_levels)
@@ -105,9 +105,9 @@ def test_pde_refiner_schedule_matches_formula():
 class OracleV(OracleDiffusion):
     """Returns the exact v for the target (v = sqrt(abar) e - sqrt(1 - abar) y)."""
 
-    def forward(self, x_prev, x_next, s2=None, s1=None):
+    def forward(self, x_prev, x_next, i2=None, i1=None):
         self.calls += 1
-        abar = self.tab["abar"].float()[s1][:, None]
+        abar = self.tab["abar"].float()[i1][:, None]
         y = target(x_prev)  # PDE-Refiner sees the clean condition
         eps = torch.where(abar < 1 - 1e-12, (x_next - abar.sqrt() * y) / (1 - abar).clamp_min(1e-30).sqrt(), 0 * y)
         v = abar.sqrt() * eps - (1 - abar).sqrt() * y
@@ -162,7 +162,7 @@ class LevelStub(PairDenoiser):
         logits = torch.nn.functional.one_hot(self.levels, self.n_levels).float()
         return logits, logits
 
-    def forward(self, x_prev, x_next, s2=None, s1=None):
+    def forward(self, x_prev, x_next, i2=None, i1=None):
         z = torch.zeros(x_next.shape[0], self.n_levels)
         return DenoiserOutput(torch.zeros_like(x_prev), torch.zeros_like(x_next), z, z)
 

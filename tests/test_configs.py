@@ -100,8 +100,8 @@ def test_compose_and_instantiate(experiment, task, tmp_path):
         else:
             S = module.model.n_levels
             levels = torch.zeros(2, dtype=torch.long)
-            out = module.model(x, x, s2=levels, s1=levels)
-            assert out.eps_next.shape == x.shape and out.logits_s1.shape == (2, S)
+            out = module.model(x, x, i2=levels, i1=levels)
+            assert out.eps_next.shape == x.shape and out.logits_i1.shape == (2, S)
             expected = {"denoiser": 10, "thermalizer": 10, "pde_refiner": 4,
                         "acdm": 200 if experiment.startswith("kolmogorov") else 100}[task]
             assert S == expected

@@ -26,8 +26,8 @@ def outputs(model, x):
     with torch.no_grad():
         if hasattr(model, "n_levels"):
             s = torch.arange(x.shape[0]) % model.n_levels
-            o = model(x, 0.5 * x, s2=s, s1=s.flip(0))
-            return [o.eps_prev, o.eps_next, o.logits_s2, o.logits_s1]
+            o = model(x, 0.5 * x, i2=s, i1=s.flip(0))
+            return [o.eps_prev, o.eps_next, o.logits_i2, o.logits_i1]
         return [model(x)]
 
 

@@ -48,8 +48,8 @@ class AR1Oracle(PairDenoiser):
         self.state_shape = (a.numel(),)
         self.blind = False
 
-    def forward(self, x_prev, x_next, s2=None, s1=None):
-        ab2, ab1 = self.schedule.abar[s2][:, None], self.schedule.abar[s1][:, None]
+    def forward(self, x_prev, x_next, i2=None, i1=None):
+        ab2, ab1 = self.schedule.abar[i2][:, None], self.schedule.abar[i1][:, None]
         y2 = x_prev - ab2.sqrt() * self.m
         y1 = x_next - ab1.sqrt() * self.m
         c22, c11 = ab2 * self.q + 1 - ab2, ab1 * self.q + 1 - ab1

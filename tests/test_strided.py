@@ -83,9 +83,9 @@ class ShiftOracle(PairDenoiser):
     def _eps(y, ab, m, v):  # E[e | y] for x ~ N(m, v), y = sqrt(ab) x + sqrt(1 - ab) e
         return (1 - ab).sqrt() * (y - ab.sqrt() * m) / (ab * v + 1 - ab)
 
-    def forward(self, x_prev, x_next, s2=None, s1=None):
-        ab2 = self.schedule.abar[s2].float()[:, None]
-        ab1 = self.schedule.abar[s1].float()[:, None]
+    def forward(self, x_prev, x_next, i2=None, i1=None):
+        ab2 = self.schedule.abar[i2].float()[:, None]
+        ab1 = self.schedule.abar[i1].float()[:, None]
         eps_prev = self._eps(x_prev, ab2, self.target, self.V_PREV)
         prev0 = (x_prev - (1 - ab2).sqrt() * eps_prev) / ab2.sqrt()
         eps_next = self._eps(x_next, ab1, prev0 + 1, self.V_NEXT)

@@ -234,13 +234,13 @@ def test_denoiser_fit_logs_parts(data_root):
     t = trainer(max_steps=80, limit_train_batches=80)
     t.fit(m, datamodule=dm)
     cm = t.callback_metrics
-    for key in ("train/mse", "train/ce_s1", "train/ce_s2", "val/loss", "val/mse", "val/acc_s1", "val/level_mae_s2",
+    for key in ("train/mse", "train/ce_i1", "train/ce_i2", "val/loss", "val/mse", "val/acc_i1", "val/level_mae_i2",
                 "val/rollout_rmse"):
         assert key in cm, key
     # the noise predictor learns fast (untrained: ~1, predicting zero noise); the level heads
     # learn slowly on this data (DESIGN.md section 5) and stay near chance (log 10 = 2.30) here
     assert float(cm["val/mse"]) < 0.7
-    assert float(cm["val/ce_s1"]) < 2.4 and float(cm["val/ce_s2"]) < 2.4
+    assert float(cm["val/ce_i1"]) < 2.4 and float(cm["val/ce_i2"]) < 2.4
     # validation is deterministic (fixed generator): the same weights give the same numbers
     r1 = t.validate(m, datamodule=dm, verbose=False)[0]
     r2 = t.validate(m, datamodule=dm, verbose=False)[0]

@@ -136,11 +136,11 @@ def test_shapes_and_shift_equivariance(name, variant):
         out = model(x_prev, x_next, s2, s1)
         rolled = model(roll(x_prev, shift), roll(x_next, shift), s2, s1)
     assert out.eps_prev.shape == out.eps_next.shape == (b, c, h, w)
-    assert out.logits_s2.shape == out.logits_s1.shape == (b, s)
+    assert out.logits_i2.shape == out.logits_i1.shape == (b, s)
     assert torch.allclose(rolled.eps_prev, roll(out.eps_prev, shift), atol=1e-5, rtol=0)
     assert torch.allclose(rolled.eps_next, roll(out.eps_next, shift), atol=1e-5, rtol=0)
-    assert torch.allclose(rolled.logits_s2, out.logits_s2, atol=1e-5, rtol=0)
-    assert torch.allclose(rolled.logits_s1, out.logits_s1, atol=1e-5, rtol=0)
+    assert torch.allclose(rolled.logits_i2, out.logits_i2, atol=1e-5, rtol=0)
+    assert torch.allclose(rolled.logits_i1, out.logits_i1, atol=1e-5, rtol=0)
     assert out.eps_prev.std() > 1e-3  # not a trivially constant output
 
 
@@ -180,7 +180,7 @@ def test_blind_ignores_levels_and_conditions_only_the_decoder():
         b = model(x_prev, x_next, torch.tensor([0, 1]), torch.tensor([9, 2]))
         logits = model.estimate_levels(x_prev, x_next)
     assert torch.equal(a.eps_prev, b.eps_prev) and torch.equal(a.eps_next, b.eps_next)
-    assert torch.equal(logits[0], a.logits_s2) and torch.equal(logits[1], a.logits_s1)
+    assert torch.equal(logits[0], a.logits_i2) and torch.equal(logits[1], a.logits_i1)
     encoder_blocks = [m for m in model.unet.encoder.modules() if isinstance(m, ResBlock)]
     decoder_blocks = [m for m in model.unet.decoder.modules() if isinstance(m, ResBlock)]
     assert encoder_blocks and all(m.cond_dim is None for m in encoder_blocks)
@@ -190,7 +190,7 @@ def test_blind_ignores_levels_and_conditions_only_the_decoder():
         model.head_s1.fc2.bias.add_(torch.linspace(-3, 3, model.n_levels))
         c = model(x_prev, x_next)
     assert (c.eps_next - a.eps_next).abs().max() > 1e-5
-    assert torch.equal(c.logits_s2, a.logits_s2)
+    assert torch.equal(c.logits_i2, a.logits_i2)
 
 
 def test_explicit_depends_on_levels_and_requires_them():
@@ -201,15 +201,15 @@ def test_explicit_depends_on_levels_and_requires_them():
         a = model(x_prev, x_next, torch.tensor([0, 5]), torch.tensor([1, 1]))
         b = model(x_prev, x_next, torch.tensor([0, 5]), torch.tensor([8, 1]))
         logits = model.estimate_levels(x_prev, x_next)
-    # sample 0 changed its s1 and its output; sample 1 did not
+    # sample 0 changed its i1 and its output; sample 1 did not
     assert (a.eps_next[0] - b.eps_next[0]).abs().max() > 1e-4
     assert torch.equal(a.eps_next[1], b.eps_next[1])
-    assert torch.equal(a.logits_s1, b.logits_s1) and torch.equal(logits[1], a.logits_s1)
+    assert torch.equal(a.logits_i1, b.logits_i1) and torch.equal(logits[1], a.logits_i1)
     # all blocks, encoder included, see the levels
     assert all(m.cond_dim == 32 for m in model.unet.modules() if isinstance(m, ResBlock))
-    with pytest.raises(ValueError, match="needs both levels s2 and s1"):
+    with pytest.raises(ValueError, match="needs both levels i2 and i1"):
         model(x_prev, x_next)
-    with pytest.raises(ValueError, match="s1=None"):
+    with pytest.raises(ValueError, match="i1=None"):
         model(x_prev, x_next, torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="integer tensor"):
         model(x_prev, x_next, torch.tensor([0.0, 1.0]), torch.tensor([0, 1]))
@@ -241,7 +241,7 @@ def test_tiny_blind_net_overfits_one_batch():
         loss = (
             F.mse_loss(out.eps_prev, e2)
             + F.mse_loss(out.eps_next, e1)
-            + 0.1 * (F.cross_entropy(out.logits_s2, s2) + F.cross_entropy(out.logits_s1, s1))
+            + 0.1 * (F.cross_entropy(out.logits_i2, s2) + F.cross_entropy(out.logits_i1, s1))
         )
         opt.zero_grad()
         loss.backward()
@@ -293,3 +293,23 @@ def test_config_errors_name_valid_choices():
     cfg = unet_config("tiny")
     cfg["dim"] = 999
     assert unet_config("tiny")["dim"] == 8
+
+
+def test_the_old_level_keywords_still_work_with_a_warning():
+    """s2=/s1= (table levels under their pre-issue-15 names) and logits_s2/logits_s1 are deprecated
+    aliases of i2=/i1= and logits_i2/logits_i1: same numbers, a DeprecationWarning."""
+    from sns.nets.mlp import MLPPairDenoiser
+
+    torch.manual_seed(0)
+    net = MLPPairDenoiser(dim=3, n_levels=5, width=16, blind=False).eval()
+    x, lv = torch.randn(4, 3), torch.tensor([0, 1, 2, 4])
+    new = net(x, x, i2=lv, i1=lv.flip(0))
+    with pytest.warns(DeprecationWarning, match=r"s2=.*i2="):
+        old = net(x, x, s2=lv, s1=lv.flip(0))
+    torch.testing.assert_close(old.eps_next, new.eps_next)
+    with pytest.warns(DeprecationWarning, match="logits_i1"):
+        torch.testing.assert_close(new.logits_s1, new.logits_i1)
+    with pytest.raises(TypeError, match="both i2= and its deprecated name s2="), pytest.warns(DeprecationWarning):
+        net(x, x, i2=lv, s2=lv, i1=lv)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        net(x, x, levels=lv)

@@ -24,7 +24,7 @@ from sns.diffusion.paths import acdm_path, traverse
 from sns.diffusion.schedules import Schedule
 from sns.nets.base import PairDenoiser
 
-__all__ = ["ACDM"]
+__all__ = ["ACDM", "from_settings"]
 
 
 class ACDM(nn.Module):
@@ -66,3 +66,11 @@ class ACDM(nn.Module):
                           generator, condition=x)
         self.last_calls = int(self._path.n_calls[0])
         return result.x_next
+
+
+def from_settings(model, extra, surrogate, settings, context) -> tuple[ACDM, dict]:
+    """Registry builder (:mod:`sns.methods`, ``sns-rollout acdm.*``): ``clamp`` (default off)."""
+    from sns.export import load_schedule
+
+    recorded = {"clamp": settings.get("clamp")}
+    return ACDM(model, load_schedule(extra), clamp=recorded["clamp"]), recorded

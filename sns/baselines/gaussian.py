@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from sns.diffusion.noising import randn_like
 from sns.rollout.stepper import check_step_output
 
-__all__ = ["GaussianApproximation"]
+__all__ = ["GaussianApproximation", "from_settings"]
 
 
 class GaussianApproximation(nn.Module):
@@ -45,3 +45,9 @@ class GaussianApproximation(nn.Module):
             out = out + self.sigma * randn_like(out, generator)
         self.last_calls = 1
         return out
+
+
+def from_settings(model, extra, surrogate, settings, context) -> tuple[GaussianApproximation, dict]:
+    """Registry builder (:mod:`sns.methods`, ``sns-rollout gaussian.*``): ``sigma`` (default 0)."""
+    recorded = {"sigma": float(settings.get("sigma", 0.0))}
+    return GaussianApproximation(surrogate, sigma=recorded["sigma"]), recorded

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from sns.diffusion.noising import randn_like
 from sns.nets.base import PairDenoiser
 
-__all__ = ["PDERefiner", "pde_refiner_loss", "pde_refiner_schedule"]
+__all__ = ["PDERefiner", "from_settings", "pde_refiner_loss", "pde_refiner_schedule"]
 
 
 def pde_refiner_schedule(n_refinement_steps: int = 3, min_noise_std: float = 4e-7) -> dict[str, Tensor]:
@@ -86,7 +86,7 @@ def pde_refiner_loss(
     y_k = a.sqrt() * x_next + (1 - a).sqrt() * e
     target = a.sqrt() * e - (1 - a).sqrt() * x_next
     zeros = torch.zeros_like(k)
-    v_hat = model(x_prev, y_k, s2=zeros, s1=k).eps_next
+    v_hat = model(x_prev, y_k, zeros, k).eps_next
     return F.mse_loss(v_hat, target)
 
 
@@ -118,7 +118,7 @@ class PDERefiner(nn.Module):
         zeros = torch.zeros(B, dtype=torch.long, device=x.device)
         for k in range(self.K, -1, -1):
             kk = torch.full((B,), k, dtype=torch.long, device=x.device)
-            v_hat = self.model(x, y, s2=zeros, s1=kk).eps_next
+            v_hat = self.model(x, y, zeros, kk).eps_next
             a, a_prev, beta = (float(t[n][k]) for n in ("abar", "abar_prev", "betas"))
             y0 = a ** 0.5 * y - (1 - a) ** 0.5 * v_hat
             if k == 0:
@@ -130,3 +130,18 @@ class PDERefiner(nn.Module):
             y = c0 * y0 + cy * y + var ** 0.5 * randn_like(y, generator)
         self.last_calls = self.K + 1
         return y
+
+
+def from_settings(model, extra, surrogate, settings, context) -> tuple[PDERefiner, dict]:
+    """Registry builder (:mod:`sns.methods`): K and the minimum noise are the ones the model was
+    trained with (its file's ``pde_refiner`` record); ``settings`` may only repeat them."""
+    trained = dict(extra.get("pde_refiner") or {})
+    p = {"n_refinement_steps": int(trained.get("n_refinement_steps", 3)),
+         "min_noise_std": float(trained.get("min_noise_std", 4e-7))}
+    for key, value in settings.items():
+        if key not in p:
+            raise ValueError(f"unknown pde_refiner option {key!r}; valid: {sorted(p)} (fixed by training)")
+        if value is not None and float(value) != p[key]:
+            raise ValueError(f"pde_refiner.{key}={value!r} differs from the trained model's {p[key]!r}: "
+                             "K and the noise schedule are fixed at training (sns-train task=pde_refiner)")
+    return PDERefiner(model, p["n_refinement_steps"], p["min_noise_std"]), p

@@ -38,7 +38,7 @@ from sns.diffusion.schedules import Schedule
 from sns.nets.base import PairDenoiser
 from sns.rollout import StopRollout
 
-__all__ = ["Thermalizer"]
+__all__ = ["Thermalizer", "from_settings"]
 
 
 class Thermalizer(nn.Module):
@@ -111,8 +111,8 @@ class Thermalizer(nn.Module):
         B = x.shape[0]
         top = torch.full((B,), S - 1, dtype=torch.long, device=x.device)
         x_prev, _ = noise_state(self.schedule, x, top, generator=generator)  # s2 = S: uninformative
-        _, logits_s1 = self.denoiser.estimate_levels(x_prev, x_hat)
-        level = logits_s1.argmax(-1)
+        _, logits_i1 = self.denoiser.estimate_levels(x_prev, x_hat)
+        level = logits_i1.argmax(-1)
         calls = torch.ones(B, dtype=torch.long, device=x.device)
         self.last_levels = level
         if self.limit is not None and bool((level > self.limit).any()):
@@ -131,3 +131,21 @@ class Thermalizer(nn.Module):
             calls[idx] += result.calls.to(calls.device)
         self.last_refined, self.last_calls = refine, calls
         return out
+
+
+#: Options of ``sns-rollout thermalizer.*`` (table levels; paper 6/4 Kolmogorov, 10/4 QG, S = 1000).
+DEFAULTS = {"start": 6, "stop": 4, "limit": 100, "sigma": 0.0, "clamp": None}
+
+
+def from_settings(model, extra, surrogate, settings, context) -> tuple[Thermalizer, dict]:
+    """Registry builder (:mod:`sns.methods`): :data:`DEFAULTS` where ``settings`` is silent."""
+    from sns.export import load_schedule
+
+    unknown = sorted(set(settings) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown thermalizer option(s) {unknown}; valid: {sorted(DEFAULTS)}")
+    t = {**DEFAULTS, **settings}
+    step = Thermalizer(model, load_schedule(extra), surrogate, start=int(t["start"]), stop=int(t["stop"]),
+                       limit=None if t["limit"] is None else int(t["limit"]), sigma=float(t["sigma"]),
+                       clamp=t["clamp"])
+    return step, t

@@ -75,25 +75,21 @@ def _load_surrogate(cfg: DictConfig, data_attrs: dict[str, Any], device: Any,
     return surrogate, attrs
 
 
-METHODS = ("surrogate", "sns", "acdm", "thermalizer", "pde_refiner")
-SETTINGS = {"surrogate": "gaussian", "sns": "refiner", "acdm": "acdm", "thermalizer": "thermalizer",
-            "pde_refiner": "pde_refiner"}  # method -> attrs key of its settings
-
-
 def build_stepper(cfg: DictConfig, data_attrs: dict[str, Any], device: Any,
                   state_shape: tuple[int, ...] | None = None) -> tuple[Any, dict[str, Any]]:
     """The stepper of ``cfg`` and the attrs that describe it.
 
-    The method follows from the files: no ``denoiser`` -> the surrogate alone (Gaussian
-    approximation, optional noise ``gaussian.sigma``); otherwise the ``method`` recorded in the
-    denoiser's file (``sns``, ``acdm``, ``thermalizer``, ``pde_refiner``; files written before
-    baselines existed are ``sns``).  SNS and the Thermalizer wrap the surrogate; ACDM and
-    PDE-Refiner are their own forecasters and refuse one.  With ``state_shape`` (one state of the
-    data set), a model file made for other states is refused (:func:`sns.cli.check_fits`).
+    The method (:mod:`sns.methods`) follows from the files: no ``denoiser`` -> the surrogate
+    alone (Gaussian approximation, optional noise ``gaussian.sigma``); otherwise the ``method``
+    recorded in the denoiser's file (files written before baselines existed are ``sns``), or
+    ``method=<name>`` where a method uses another's file (``clean_conditioning``: an ``sns``
+    file).  The method's options are ``cfg.<its settings key>`` (``refiner``, ``thermalizer``,
+    ...); SNS and the Thermalizer wrap the surrogate, the others refuse one.  With
+    ``state_shape`` (one state of the data set), a model file made for other states is refused
+    (:func:`sns.cli.check_fits`).
     """
-    from sns.baselines import ACDM, GaussianApproximation, PDERefiner, Thermalizer
-    from sns.export import file_sha256, load_model, load_schedule
-    from sns.refine import SNSRefiner
+    from sns.export import file_sha256, load_model
+    from sns.methods import StepperContext, get_method, method_of
 
     surrogate = None
     attrs: dict[str, Any] = {"surrogate": None, "denoiser": None, "surrogate_sha256": None,
@@ -101,66 +97,32 @@ def build_stepper(cfg: DictConfig, data_attrs: dict[str, Any], device: Any,
     if cfg.surrogate is not None:
         surrogate, sur_attrs = _load_surrogate(cfg, data_attrs, device, state_shape)
         attrs.update(sur_attrs)
+    model = d_extra = None
     if cfg.denoiser is None:
         if surrogate is None:
             raise ValueError("nothing to roll out: give surrogate=<file> and/or denoiser=<file>")
-        g = OmegaConf.to_container(cfg.gaussian, resolve=True)
-        attrs.update(method="surrogate", gaussian=g)
-        return GaussianApproximation(surrogate, sigma=float(g["sigma"])), attrs
-    model, d_extra = load_model(cfg.denoiser, device)
-    if d_extra.get("task") != "denoiser":
-        raise ValueError(f"{cfg.denoiser} holds a {d_extra.get('task')!r} model, expected a diffusion model "
-                         "(sns-train task=denoiser|acdm|thermalizer|pde_refiner)")
-    _check_norm(str(cfg.denoiser), d_extra, data_attrs)
-    if state_shape is not None and getattr(model, "state_shape", None) is not None:
-        check_fits(model, state_shape, f"denoiser {cfg.denoiser}", f"data set {cfg.data_dir}")
-    method = d_extra.get("method", "sns")
-    if method not in METHODS:
-        raise ValueError(f"{cfg.denoiser} records method {method!r}; valid choices: {METHODS}")
-    attrs.update(denoiser=str(cfg.denoiser), denoiser_sha256=file_sha256(cfg.denoiser), method=method)
-    needs_surrogate = method in ("sns", "thermalizer")
-    if needs_surrogate and surrogate is None:
-        raise ValueError(f"method {method!r} refines a surrogate's proposals: give surrogate=<file>")
-    if not needs_surrogate and surrogate is not None:
-        raise ValueError(f"method {method!r} forecasts on its own and uses no surrogate: set surrogate=null")
-    if method == "sns":
-        r = OmegaConf.to_container(cfg.refiner, resolve=True)
-        try:
-            fixed = tuple(int(v) for v in r["fixed_levels"]) if r.get("fixed_levels") is not None else None
-        except (TypeError, ValueError):
-            raise ValueError(f"refiner.fixed_levels must be two integer table levels [i2, i1] or null, got "
-                             f"{r['fixed_levels']!r}") from None
-        skip = r.get("skip_threshold")
-        skip = tuple(int(v) for v in skip) if isinstance(skip, (list, tuple)) else skip
-        if isinstance(r["proposal_sigma"], str):
-            if r["proposal_sigma"] != "auto":
-                raise ValueError(f"refiner.proposal_sigma must be a number or 'auto', got {r['proposal_sigma']!r}")
-            r["proposal_sigma"] = _auto_proposal_sigma(Path(cfg.data_dir) / "valid.zarr", surrogate, device)
-            r["proposal_sigma_auto"] = True  # sqrt(2) x the surrogate's one-step RMSE on the valid split
-        guard = None
-        if r.get("state_guard") not in (None, False):
-            guard = _state_guard(Path(cfg.data_dir), load_schedule(d_extra), r["state_guard"])
-            r["state_guard_threshold"] = guard.threshold  # recorded: the distance beyond which it fires
-        step: Any = SNSRefiner(model, load_schedule(d_extra), surrogate=surrogate, path=r["path"],
-                               proposal_sigma=float(r["proposal_sigma"]), skip_threshold=skip,
-                               fixed_levels=fixed, clamp=r.get("clamp"), n_moves=r.get("n_moves"),
-                               eta=float(r.get("eta", 1.0)), couple_levels=bool(r.get("couple_levels", False)),
-                               state_guard=guard)
-        attrs["refiner"] = r
-    elif method == "thermalizer":
-        t = OmegaConf.to_container(cfg.thermalizer, resolve=True)
-        step = Thermalizer(model, load_schedule(d_extra), surrogate, start=int(t["start"]), stop=int(t["stop"]),
-                           limit=None if t.get("limit") is None else int(t["limit"]), sigma=float(t["sigma"]),
-                           clamp=t.get("clamp"))
-        attrs["thermalizer"] = t
-    elif method == "acdm":
-        a = OmegaConf.to_container(cfg.acdm, resolve=True)
-        step = ACDM(model, load_schedule(d_extra), clamp=a.get("clamp"))
-        attrs["acdm"] = a
+        method = get_method(cfg.get("method") or "surrogate")
+        if method.needs_model:
+            raise ValueError(f"method {method.name!r} needs denoiser=<file> (sns-train task={method.train_task})")
     else:
-        p = d_extra.get("pde_refiner") or {}
-        step = PDERefiner(model, int(p.get("n_refinement_steps", 3)), float(p.get("min_noise_std", 4e-7)))
-        attrs["pde_refiner"] = p
+        model, d_extra = load_model(cfg.denoiser, device)
+        if d_extra.get("task") != "denoiser":
+            raise ValueError(f"{cfg.denoiser} holds a {d_extra.get('task')!r} model, expected a diffusion model "
+                             "(sns-train task=denoiser|acdm|thermalizer|pde_refiner)")
+        _check_norm(str(cfg.denoiser), d_extra, data_attrs)
+        if state_shape is not None and getattr(model, "state_shape", None) is not None:
+            check_fits(model, state_shape, f"denoiser {cfg.denoiser}", f"data set {cfg.data_dir}")
+        method = get_method(cfg.get("method") or method_of(d_extra).name)
+        if not method.needs_model:
+            raise ValueError(f"method {method.name!r} uses no denoiser: set denoiser=null")
+        attrs.update(denoiser=str(cfg.denoiser), denoiser_sha256=file_sha256(cfg.denoiser))
+    attrs["method"] = method.name
+    settings = cfg.get(method.settings)
+    settings = OmegaConf.to_container(settings, resolve=True) if settings is not None else {}
+    from sns.methods import build_stepper as build
+
+    step, attrs[method.settings] = build(method, model, d_extra, surrogate, settings,
+                                         StepperContext(device=device, data_dir=cfg.data_dir))
     return step.to(device), attrs
 
 
@@ -169,8 +131,11 @@ def run_identity(attrs: dict[str, Any]) -> dict[str, Any]:
     states, seed, n_steps, guards): the content hashes of the model files, the method and its
     settings (noise, refiner / baseline options, conserve_mean).  A store of another identity
     is not resumed."""
+    from sns.methods import METHODS
+
+    settings = dict.fromkeys(m.settings for m in METHODS.values())  # ordered, unique
     keys = ("method", "surrogate_sha256", "surrogate_units", "surrogate_kwargs", "denoiser_sha256",
-            "conserve_mean", "precision", *SETTINGS.values())
+            "conserve_mean", "precision", *settings)
     return {k: attrs.get(k) for k in keys if k in attrs}
 
 
@@ -195,56 +160,6 @@ def default_out(cfg: DictConfig, attrs: dict[str, Any], identity: dict[str, Any]
     return Path(root) / f"{attrs['method']}-{cfg.split}-{digest}.zarr"
 
 
-def _auto_proposal_sigma(valid: Path, surrogate: Any, device: Any, max_pairs: int = 4096) -> float:
-    """:func:`sns.refine.calibrate_proposal_sigma` on up to ``max_pairs`` consecutive pairs of the
-    data set's valid split (evenly spread, normalised like the training data)."""
-    import torch
-
-    from sns.data.io import check_store
-    from sns.data.windows import WindowDataset
-    from sns.refine import calibrate_proposal_sigma
-
-    check_store(valid)
-    ds = WindowDataset(valid, history=1, horizon=1, stride=1)
-    idx = torch.linspace(0, len(ds) - 1, min(len(ds), max_pairs)).long().unique()
-    w = torch.stack([ds[int(i)] for i in idx]).to(device)  # (N, 2, *state)
-    return calibrate_proposal_sigma(surrogate, w[:, 0], w[:, 1])
-
-
-def _split_states(path: Path, max_states: int) -> Any:
-    """Up to ``max_states`` states of a split store (evenly spread over its frames), normalised
-    like the training data, ``(N, D)``."""
-    import torch
-
-    from sns.data.io import check_store
-    from sns.data.windows import WindowDataset
-
-    check_store(path)
-    ds = WindowDataset(path, history=1, horizon=1, stride=1, in_memory=True)
-    if ds[0].ndim > 2:  # (T, C, H, W): any field (one channel, layers, imported channels), not only (T, 1, H, W)
-        raise ValueError("refiner.state_guard is for vector systems (nearest neighbours of field states "
-                         "measure the sampling floor, not a drift); set refiner.state_guard=false")
-    idx = torch.linspace(0, len(ds) - 1, min(len(ds), max_states)).long().unique()
-    return torch.stack([ds[int(i)][0] for i in idx])
-
-
-def _state_guard(data_dir: Path, schedule: Any, setting: Any, max_states: int = 100_000) -> Any:
-    """:class:`sns.refine.NearestStateGuard` calibrated on the data set: reference states from the
-    train split, the threshold (``setting``: ``true`` for the 99.9% quantile, or a quantile in
-    (0, 1]) and the level table from the valid split (never the evaluation split)."""
-    from sns.refine import NearestStateGuard
-
-    if setting is True:
-        quantile = 0.999
-    elif isinstance(setting, (int, float)) and not isinstance(setting, bool) and 0.0 < float(setting) <= 1.0:
-        quantile = float(setting)
-    else:
-        raise ValueError(f"refiner.state_guard must be true, false or a quantile in (0, 1], got {setting!r}")
-    reference = _split_states(data_dir / "train.zarr", max_states)
-    held_out = _split_states(data_dir / "valid.zarr", max_states)
-    return NearestStateGuard.calibrate(schedule, reference, held_out, quantile=quantile)
-
-
 def run_rollout(cfg: DictConfig) -> Any:
     """Build the stepper of ``cfg`` and roll it out; returns the :class:`sns.rollout.RolloutResult`."""
     import torch
@@ -255,9 +170,11 @@ def run_rollout(cfg: DictConfig) -> Any:
 
     check_missing(cfg)
     check_numbers(cfg, ints=("seed", "n_steps", "trajectories", "start_frame", "chunk", "torch_threads", "ensemble",
-                             "refiner.n_moves", "thermalizer.start", "thermalizer.stop", "thermalizer.limit"),
+                             "refiner.n_moves", "thermalizer.start", "thermalizer.stop", "thermalizer.limit",
+                             "clean_conditioning.n_moves"),
                   floats=("blowup_factor", "max_wall_time", "gaussian.sigma", "refiner.eta", "refiner.clamp",
-                          "thermalizer.sigma", "thermalizer.clamp", "acdm.clamp"))
+                          "thermalizer.sigma", "thermalizer.clamp", "acdm.clamp", "clean_conditioning.clamp",
+                          "clean_conditioning.eta"))
     from sns.data.schema import SPLITS
 
     if cfg.split not in SPLITS:

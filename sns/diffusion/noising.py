@@ -2,10 +2,11 @@
 
 Each state gets its own level and its own noise (SNS, DESIGN.md section 1)::
 
-    x_t^{s1}     = sqrt(abar_{s1}) x_t     + sqrt(1 - abar_{s1}) e1
-    x_{t-1}^{s2} = sqrt(abar_{s2}) x_{t-1} + sqrt(1 - abar_{s2}) e2
+    x_t^{i1}     = sqrt(abar_{i1}) x_t     + sqrt(1 - abar_{i1}) e1
+    x_{t-1}^{i2} = sqrt(abar_{i2}) x_{t-1} + sqrt(1 - abar_{i2}) e2
 
-Levels are 0-based table indices in ``[0, S)`` (see :mod:`sns.diffusion.schedules`).
+Levels ``i1, i2`` are 0-based table indices in ``[0, S)`` (see :mod:`sns.diffusion.schedules`;
+the 1-based phase-space coordinates ``s = i + 1`` belong to :mod:`sns.diffusion.paths`).
 """
 
 from __future__ import annotations
@@ -58,16 +59,16 @@ def noise_pair(
     schedule: Schedule,
     x_prev: Tensor,
     x_next: Tensor,
-    s2: Tensor,
-    s1: Tensor,
+    i2: Tensor,
+    i1: Tensor,
     e2: Tensor | None = None,
     e1: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Noise ``x_{t-1}`` to level ``s2`` and ``x_t`` to level ``s1`` independently.
+    """Noise ``x_{t-1}`` to level ``i2`` and ``x_t`` to level ``i1`` independently.
 
-    Returns ``(x_prev^{s2}, x_next^{s1}, e2, e1)``; shapes as the inputs, levels ``(B,)``.
+    Returns ``(x_prev^{i2}, x_next^{i1}, e2, e1)``; shapes as the inputs, levels ``(B,)``.
     """
-    x_prev_s2, e2 = noise_state(schedule, x_prev, s2, e2, generator)
-    x_next_s1, e1 = noise_state(schedule, x_next, s1, e1, generator)
-    return x_prev_s2, x_next_s1, e2, e1
+    x_prev_i2, e2 = noise_state(schedule, x_prev, i2, e2, generator)
+    x_next_i1, e1 = noise_state(schedule, x_next, i1, e1, generator)
+    return x_prev_i2, x_next_i1, e2, e1

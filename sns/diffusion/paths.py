@@ -6,6 +6,9 @@
 level ``i = s - 1`` (``abar[s-1]``, :mod:`sns.diffusion.schedules`).  So ``s`` counts the
 reverse steps a state still needs, the top coordinate ``S`` is pure noise (table level
 ``S - 1``), and a state the level heads put at class ``i`` sits at ``s = i + 1``.
+Names: ``s1, s2`` are these coordinates and nothing else; table levels are ``i1, i2``
+everywhere (noising, the loss, the nets, the refiner), and :func:`level_to_coord` /
+:func:`coord_to_level` are the one conversion.
 
 (The reference code noises with ``abar[i]`` and then starts its reverse loop at ``i - 1``,
 i.e. it denoises a state at level ``i`` with the coefficients of level ``i - 1`` and one
@@ -59,6 +62,8 @@ __all__ = [
     "Traversal",
     "acdm_path",
     "clean_conditioning_path",
+    "coord_to_level",
+    "level_to_coord",
     "make_path",
     "path_A",
     "path_B",
@@ -69,6 +74,16 @@ __all__ = [
 ]
 
 IntOrTensor = int | Tensor
+
+
+def level_to_coord(i: IntOrTensor) -> IntOrTensor:
+    """Phase-space coordinate ``s = i + 1`` of a state at 0-based table level ``i``."""
+    return i + 1
+
+
+def coord_to_level(s: IntOrTensor) -> IntOrTensor:
+    """Table level ``i = s - 1`` of phase-space coordinate ``s`` (``s = 0``, clean, gives -1)."""
+    return s - 1
 
 
 @dataclass(frozen=True)
@@ -392,8 +407,8 @@ def traverse(
             continue
         s = points[:, k].expand(B, 2)[idx]  # (n, 2) coordinates (s1, s2) before the move
         s_new = points[:, k + 1].expand(B, 2)[idx]  # ... and after it
-        level = (s - 1).clamp(min=0)
-        out = denoiser(x_prev[idx], x_next[idx], s2=level[:, 1], s1=level[:, 0])
+        level = coord_to_level(s).clamp(min=0)  # a clean state (s = 0) is shown as level 0
+        out = denoiser(x_prev[idx], x_next[idx], level[:, 1], level[:, 0])  # (i2, i1), positional
         network_calls += 1
         z_next, z_prev = _noise(x_next, x_prev, idx, generator if per_sample else None,
                                 None if per_sample else generator)
@@ -404,12 +419,13 @@ def traverse(
             rows = idx[m]
             if c == 1 and condition is not None:  # re-noise the clean condition to the new s2
                 new = s_new[m, c]
-                abar = table(schedule.abar, (new - 1).clamp(min=0), x[rows])
+                abar = table(schedule.abar, coord_to_level(new).clamp(min=0), x[rows])
                 noised = abar.sqrt() * condition[rows] + (1 - abar).sqrt() * z[m]
                 clean = (new == 0).reshape(-1, *([1] * (x.ndim - 1)))
                 x[rows] = torch.where(clean, condition[rows], noised)
             else:
-                x[rows] = posterior_step(schedule, x[rows], eps[m], s[m, c] - 1, s_new[m, c] - 1, z[m], clamp, eta)
+                x[rows] = posterior_step(schedule, x[rows], eps[m], coord_to_level(s[m, c]),
+                                         coord_to_level(s_new[m, c]), z[m], clamp, eta)
     calls = moves.any(-1).sum(1).expand(B)
     return Traversal(x_prev, x_next, calls, network_calls)
 

@@ -5,25 +5,27 @@ blocks ``h + W2 act(W1 act(LN h) + P c)``, where ``P c`` is the block's projecti
 conditioning vector ``c``):
 
 * **blind** (default, the paper's variant): the network is never told the levels.  The
-  *encoder* blocks see only the pair ``[x_{t-1}^{s2}, x_t^{s1}]`` (concatenated, ``2D``
-  inputs); two S-way heads at the bottleneck estimate ``s2`` and ``s1``; their softmax
+  *encoder* blocks see only the pair ``[x_{t-1}^{i2}, x_t^{i1}]`` (concatenated, ``2D``
+  inputs); two S-way heads at the bottleneck estimate ``i2`` and ``i1``; their softmax
   outputs go through two small MLPs whose sum ``c`` conditions only the *decoder*
   blocks.  ``estimate_levels`` runs the encoder and heads (one network call).
-* **explicit**: the levels are given; ``c = E2(s2) + E1(s1)`` with sinusoidal level
+* **explicit**: the levels are given; ``c = E2(i2) + E1(i1)`` with sinusoidal level
   embeddings through small MLPs (:class:`sns.nets.embeddings.LevelEmbedding`)
   conditions *every* block.  The levels are estimated by a separate classifier MLP on
   the raw pair (its own "encoder"), trained by the same cross-entropy terms.
 
-Output: ``eps_prev``, ``eps_next`` (each ``(B, D)``) and ``logits_s2``, ``logits_s1``
+Output: ``eps_prev``, ``eps_next`` (each ``(B, D)``) and ``logits_i2``, ``logits_i1``
 (each ``(B, S)``).  Inputs should be normalised to unit scale (the noise is ``N(0, I)``).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-from sns.nets.base import DenoiserOutput, PairDenoiser
+from sns.nets.base import DenoiserOutput, PairDenoiser, deprecated_levels
 from sns.nets.embeddings import LevelEmbedding, mlp
 
 __all__ = ["MLPPairDenoiser"]
@@ -115,30 +117,32 @@ class MLPPairDenoiser(PairDenoiser):
         return self.head_s2(g), self.head_s1(g)
 
     def forward(
-        self, x_prev: Tensor, x_next: Tensor, s2: Tensor | None = None, s1: Tensor | None = None
+        self, x_prev: Tensor, x_next: Tensor, i2: Tensor | None = None, i1: Tensor | None = None,
+        **deprecated: Any
     ) -> DenoiserOutput:
+        i2, i1 = deprecated_levels(i2, i1, deprecated, "MLPPairDenoiser")
         """``(B, D), (B, D)`` noised pair -> :class:`~sns.nets.base.DenoiserOutput`."""
         self.check_pair(x_prev, x_next)
         if self.blind:
             h = self._encode(x_prev, x_next)
-            logits_s2, logits_s1 = self._heads(x_prev, x_next, h)
-            c = self.cond_s2(logits_s2.softmax(-1)) + self.cond_s1(logits_s1.softmax(-1))
+            logits_i2, logits_i1 = self._heads(x_prev, x_next, h)
+            c = self.cond_s2(logits_i2.softmax(-1)) + self.cond_s1(logits_i1.softmax(-1))
         else:
-            if s2 is None or s1 is None:
-                raise ValueError("the explicit MLPPairDenoiser needs the levels s2 and s1 (integer (B,) tensors)")
-            for name, s in (("s2", s2), ("s1", s1)):
+            if i2 is None or i1 is None:
+                raise ValueError("the explicit MLPPairDenoiser needs the levels i2 and i1 (integer (B,) tensors)")
+            for name, s in (("i2", i2), ("i1", i1)):
                 if s.shape != (x_prev.shape[0],):
                     raise ValueError(f"{name} must have shape ({x_prev.shape[0]},), got {tuple(s.shape)}")
-            c = self.emb_s2(s2) + self.emb_s1(s1)
+            c = self.emb_s2(i2) + self.emb_s1(i1)
             h = self._encode(x_prev, x_next, c)
-            logits_s2, logits_s1 = self._heads(x_prev, x_next, None)
+            logits_i2, logits_i1 = self._heads(x_prev, x_next, None)
         for block in self.dec:
             h = block(h, c)
         eps_prev, eps_next = self.out(self.out_norm(h)).chunk(2, dim=1)
-        return DenoiserOutput(eps_prev, eps_next, logits_s2, logits_s1)
+        return DenoiserOutput(eps_prev, eps_next, logits_i2, logits_i1)
 
     def estimate_levels(self, x_prev: Tensor, x_next: Tensor) -> tuple[Tensor, Tensor]:
-        """``(logits_s2, logits_s1)``, each ``(B, S)``: encoder + heads only (blind) or the
+        """``(logits_i2, logits_i1)``, each ``(B, S)``: encoder + heads only (blind) or the
         separate classifier (explicit)."""
         self.check_pair(x_prev, x_next)
         h = self._encode(x_prev, x_next) if self.blind else None

@@ -35,10 +35,10 @@ Pair denoisers (``sns.nets.base.PairDenoiser``) see ``cat(x_prev, x_next)``
 on channels, ``(B, 2C, H, W)``, and return the noise for both states.
 
 * ``BlindPairUNet`` (the paper's variant): the encoder sees only the pair; two
-  S-way ``LevelHead`` s at the bottleneck give ``logits_s2, logits_s1``; the
+  S-way ``LevelHead`` s at the bottleneck give ``logits_i2, logits_i1``; the
   softmax of each goes through an MLP ``Linear(S, E) -> SiLU -> Linear(E, E) -> SiLU``
   and the concatenation ``c = [m2(p2), m1(p1)]`` conditions only the decoder blocks.
-* ``ExplicitPairUNet``: ``c = [emb(s2), emb(s1)]`` (sinusoidal embedding + MLP)
+* ``ExplicitPairUNet``: ``c = [emb(i2), emb(i1)]`` (sinusoidal embedding + MLP)
   conditions every block; a separate small encoder with two heads estimates the
   levels from the raw pair.
 
@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sns.nets.base import DenoiserOutput, PairDenoiser
+from sns.nets.base import DenoiserOutput, PairDenoiser, deprecated_levels
 from sns.nets.embeddings import LevelEmbedding, mlp
 
 __all__ = [
@@ -524,7 +524,7 @@ class UNet(nn.Module):
 
 
 class LevelEstimator(nn.Module):
-    """Periodic encoder + two ``LevelHead`` s: ``(B, C_in, H, W) -> (logits_s2, logits_s1)``."""
+    """Periodic encoder + two ``LevelHead`` s: ``(B, C_in, H, W) -> (logits_i2, logits_i1)``."""
 
     def __init__(
         self,
@@ -587,8 +587,8 @@ class BlindPairUNet(_PairUNetBase):
     """The paper's blind pair denoiser (module docstring): levels are estimated, never given.
 
     ``forward(x_prev, x_next)`` with states ``(B, C, H, W)``: the encoder sees
-    ``cat(x_prev, x_next)``; ``logits_s2, logits_s1 = heads(bottleneck)``; the decoder is
-    conditioned on ``c = [m2(softmax(logits_s2)), m1(softmax(logits_s1))]`` and outputs
+    ``cat(x_prev, x_next)``; ``logits_i2, logits_i1 = heads(bottleneck)``; the decoder is
+    conditioned on ``c = [m2(softmax(logits_i2)), m1(softmax(logits_i1))]`` and outputs
     ``(eps_prev, eps_next)``.  Levels passed to ``forward`` are ignored (``blind = True``).
 
     Args:
@@ -649,35 +649,37 @@ class BlindPairUNet(_PairUNetBase):
         return h, skips, self.head_s2(h), self.head_s1(h)
 
     def forward(
-        self, x_prev: Tensor, x_next: Tensor, s2: Tensor | None = None, s1: Tensor | None = None
+        self, x_prev: Tensor, x_next: Tensor, i2: Tensor | None = None, i1: Tensor | None = None,
+        **deprecated: Any
     ) -> DenoiserOutput:
-        h, skips, logits_s2, logits_s1 = self._encode(x_prev, x_next)
+        i2, i1 = deprecated_levels(i2, i1, deprecated, "BlindPairUNet")
+        h, skips, logits_i2, logits_i1 = self._encode(x_prev, x_next)
         cond = torch.cat(
             [
-                self.prob_mlp_s2(logits_s2.softmax(dim=1)),
-                self.prob_mlp_s1(logits_s1.softmax(dim=1)),
+                self.prob_mlp_s2(logits_i2.softmax(dim=1)),
+                self.prob_mlp_s1(logits_i1.softmax(dim=1)),
             ],
             dim=1,
         )
         eps_prev, eps_next = self._split(self.unet.decode(h, skips, cond))
-        return DenoiserOutput(eps_prev, eps_next, logits_s2, logits_s1)
+        return DenoiserOutput(eps_prev, eps_next, logits_i2, logits_i1)
 
     def estimate_levels(self, x_prev: Tensor, x_next: Tensor) -> tuple[Tensor, Tensor]:
-        """Encoder + heads only (no decoder): ``(logits_s2, logits_s1)``, each ``(B, S)``."""
-        _, _, logits_s2, logits_s1 = self._encode(x_prev, x_next)
-        return logits_s2, logits_s1
+        """Encoder + heads only (no decoder): ``(logits_i2, logits_i1)``, each ``(B, S)``."""
+        _, _, logits_i2, logits_i1 = self._encode(x_prev, x_next)
+        return logits_i2, logits_i1
 
 
 class ExplicitPairUNet(_PairUNetBase):
-    """Pair denoiser told its levels: ``c = [emb(s2), emb(s1)]`` conditions every block.
+    """Pair denoiser told its levels: ``c = [emb(i2), emb(i1)]`` conditions every block.
 
-    ``emb(s) = MLP(sinusoidal_embedding(s, E))`` (separate MLPs for ``s2`` and ``s1``).
+    ``emb(s) = MLP(sinusoidal_embedding(s, E))`` (separate MLPs for ``i2`` and ``i1``).
     Level estimation uses a separate ``LevelEstimator`` on the raw pair; ``forward``
     runs it too and returns its logits, so a single loss trains both.
 
     Args: as ``BlindPairUNet``, plus ``estimator_dim``, ``estimator_mults``,
     ``estimator_blocks`` (architecture of the estimator's encoder).  ``forward`` requires
-    ``s2`` and ``s1``: integer tensors of shape ``(B,)`` with values in ``0..S-1``.
+    ``i2`` and ``i1``: integer tensors of shape ``(B,)`` with values in ``0..S-1``.
     """
 
     blind = False
@@ -736,7 +738,7 @@ class ExplicitPairUNet(_PairUNetBase):
     def _check_levels(self, s: Tensor | None, name: str, batch: int) -> None:
         if s is None:
             raise ValueError(
-                "ExplicitPairUNet is not blind: forward needs both levels s2 and s1 "
+                "ExplicitPairUNet is not blind: forward needs both levels i2 and i1 "
                 f"(integer tensors of shape "
                 f"({batch},)), got {name}=None; use estimate_levels to estimate them"
             )
@@ -757,18 +759,20 @@ class ExplicitPairUNet(_PairUNetBase):
             )
 
     def forward(
-        self, x_prev: Tensor, x_next: Tensor, s2: Tensor | None = None, s1: Tensor | None = None
+        self, x_prev: Tensor, x_next: Tensor, i2: Tensor | None = None, i1: Tensor | None = None,
+        **deprecated: Any
     ) -> DenoiserOutput:
+        i2, i1 = deprecated_levels(i2, i1, deprecated, "ExplicitPairUNet")
         x = self._pair(x_prev, x_next)
-        self._check_levels(s2, "s2", x.shape[0])
-        self._check_levels(s1, "s1", x.shape[0])
-        cond = torch.cat([self.emb_s2(s2), self.emb_s1(s1)], dim=1)
+        self._check_levels(i2, "i2", x.shape[0])
+        self._check_levels(i1, "i1", x.shape[0])
+        cond = torch.cat([self.emb_s2(i2), self.emb_s1(i1)], dim=1)
         eps_prev, eps_next = self._split(self.unet(x, cond))
-        logits_s2, logits_s1 = self.estimator(x)
-        return DenoiserOutput(eps_prev, eps_next, logits_s2, logits_s1)
+        logits_i2, logits_i1 = self.estimator(x)
+        return DenoiserOutput(eps_prev, eps_next, logits_i2, logits_i1)
 
     def estimate_levels(self, x_prev: Tensor, x_next: Tensor) -> tuple[Tensor, Tensor]:
-        """The separate estimator on the raw pair: ``(logits_s2, logits_s1)``, each ``(B, S)``."""
+        """The separate estimator on the raw pair: ``(logits_i2, logits_i1)``, each ``(B, S)``."""
         return self.estimator(self._pair(x_prev, x_next))
 
 

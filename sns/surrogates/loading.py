@@ -138,9 +138,11 @@ def load_surrogate(spec: str | os.PathLike[str] | nn.Module | Callable[..., Tens
             from sns.export import load_model
 
             model, extra = load_model(path, device)
-            if extra.get("task") != "surrogate":
+            from sns.methods import surrogate_tasks
+
+            if extra.get("task") not in surrogate_tasks():
                 raise ValueError(f"{path} holds a {extra.get('task')!r} model, expected a surrogate "
-                                 "(sns-train task=surrogate)")
+                                 f"(sns-train task={'|'.join(surrogate_tasks())})")
             kind, declared = "sns", "normalised"
         elif path.suffix == ".pt2":
             try:

@@ -231,15 +231,15 @@ class SurrogateModule(_Base):
 class PairDenoiserModule(_Base):
     """SNS pair denoiser trained by multi-noise-level DSM (:func:`sns.diffusion.pair_dsm_loss`).
 
-    ``loss = MSE(eps_hat, (e2, e1)) + lambda_ce (CE(logits_s2, s2) + CE(logits_s1, s1))``
-    with independent uniform levels; parts logged as ``train/mse``, ``train/ce_s2``,
-    ``train/ce_s1``.  Pairs are consecutive frames of each window: ``(x_0, x_1)`` only
+    ``loss = MSE(eps_hat, (e2, e1)) + lambda_ce (CE(logits_i2, i2) + CE(logits_i1, i1))``
+    with independent uniform levels; parts logged as ``train/mse``, ``train/ce_i2``,
+    ``train/ce_i1``.  Pairs are consecutive frames of each window: ``(x_0, x_1)`` only
     (``pairs="first"``) or all ``T - 1`` adjacent pairs (``pairs="all"``).
 
     Validation (deterministic: the noise comes from a generator seeded by ``val_seed`` and
     the batch index) logs ``val/loss`` and its parts, the level-estimation accuracy of the
-    heads on independently noised pairs (``val/acc_s2``, ``val/acc_s1``: exact level;
-    ``val/level_mae_s2``, ``val/level_mae_s1``: mean absolute error in levels), and, if
+    heads on independently noised pairs (``val/acc_i2``, ``val/acc_i1``: exact level;
+    ``val/level_mae_i2``, ``val/level_mae_i1``: mean absolute error in levels), and, if
     ``val_rollout_steps > 0``, ``val/rollout_rmse``: RMSE over ``val_rollout_steps`` steps of
     an :class:`sns.refine.SNSRefiner` refining a *persistence* proposal (``x_hat = x_{n-1}``)
     against the truth (adaptive cost ``1 + s1 + s2`` calls per step: keep it short).
@@ -347,16 +347,16 @@ class PairDenoiserModule(_Base):
         for k, v in parts.items():
             self.log(f"val/{k}", v, sync_dist=True, batch_size=B)
         S = self.schedule.n_levels
-        s1 = torch.randint(0, S, (B,), generator=g, device=self.device)
-        s2 = {"independent": lambda: torch.randint(0, S, (B,), generator=g, device=self.device),
-              "diagonal": lambda: s1.clone(), "unconditional": lambda: torch.full_like(s1, S - 1)}[self.levels]()
-        xp, xn, _, _ = noise_pair(self.schedule, x_prev, x_next, s2, s1, generator=g)
+        i1 = torch.randint(0, S, (B,), generator=g, device=self.device)
+        i2 = {"independent": lambda: torch.randint(0, S, (B,), generator=g, device=self.device),
+              "diagonal": lambda: i1.clone(), "unconditional": lambda: torch.full_like(i1, S - 1)}[self.levels]()
+        xp, xn, _, _ = noise_pair(self.schedule, x_prev, x_next, i2, i1, generator=g)
         l2, l1 = self.model.estimate_levels(xp, xn)
-        heads = (("s2", l2, s2), ("s1", l1, s1)) if self.levels == "independent" else (("s1", l1, s1),)
-        for name, logits, s in heads:
+        heads = (("i2", l2, i2), ("i1", l1, i1)) if self.levels == "independent" else (("i1", l1, i1),)
+        for name, logits, i in heads:
             est = logits.argmax(-1)
-            self.log(f"val/acc_{name}", (est == s).float().mean(), sync_dist=True, batch_size=B)
-            self.log(f"val/level_mae_{name}", (est - s).abs().float().mean(), sync_dist=True, batch_size=B)
+            self.log(f"val/acc_{name}", (est == i).float().mean(), sync_dist=True, batch_size=B)
+            self.log(f"val/level_mae_{name}", (est - i).abs().float().mean(), sync_dist=True, batch_size=B)
         K = min(self.val_rollout_steps, batch.shape[1] - 1)
         if K > 0:
             from sns.refine import SNSRefiner
@@ -377,8 +377,9 @@ class PairDenoiserModule(_Base):
         self._val_sse = None
 
     def export_extra(self) -> dict[str, Any]:
-        method = {"independent": "sns", "diagonal": "acdm", "unconditional": "thermalizer"}[self.levels]
-        return {"task": self.task, "method": method, "schedule": dict(self.schedule_spec)}
+        from sns.methods import method_for_levels
+
+        return {"task": self.task, "method": method_for_levels(self.levels), "schedule": dict(self.schedule_spec)}
 
 
 class PDERefinerModule(_Base):
