@@ -5,15 +5,16 @@ One command makes everything it needs under ``--out`` and prints a markdown tabl
 
 1. data: ``sns-generate``'s cpu preset (Kolmogorov: Re 1000, 64^2 -> 32^2, 16/4/4 trajectories of
    600 frames; QG: 64^2 -> 32^2);
-2. training with the same *wall-clock* budget per model (``--train-minutes``, batch 32, one
-   thread), through ``sns-train``'s ``train`` with the ``<system>_cpu`` experiment: the residual
+2. training with the same budget in optimizer steps per model (``--train-steps``, batch 32, one
+   thread; ``--train-minutes`` instead gives the wall-clock budget of the 2026-11-22 tables in
+   RESULTS.md), through ``sns-train``'s ``train`` with the ``<system>_cpu`` experiment: the residual
    U-Net surrogate (preset size) and four diffusion models of one *small* pair U-Net size
    (dim 16, mults (1, 2), no attention, 0.21M parameters -- the preset's 2.4M trains at
-   ~14 samples/s here, far too slow for a budget of minutes): the blind SNS pair denoiser
+   ~14 samples/s here, far too slow for this machine): the blind SNS pair denoiser
    (S = 100 cosine), ACDM (explicit, linear, S = ``--acdm-levels``, the paper's 200 for
    Kolmogorov), the Thermalizer (blind, unconditional) and PDE-Refiner (explicit, K = 3);
-3. rollouts of up to ``--steps`` steps from frame 0 of every test trajectory with a wall-clock
-   cap per method (``--max-wall``; a capped run reports the steps it reached; re-running
+3. rollouts of ``--steps`` steps from frame 0 of every test trajectory (``--max-wall``: a
+   wall-clock safety cap per method; a capped run reports the steps it reached; re-running
    continues it), blow-up guard at 10x the data RMS;
 4. metrics in physical units against the test split: steps reached / until blow-up, calls per
    step (mean, max), steps per second, the time-mean energy spectrum's error (max relative error
@@ -26,8 +27,11 @@ One command makes everything it needs under ``--out`` and prints a markdown tabl
 of each channel kept at the initial condition's; stores under ``rollouts-cm/``), reusing the
 trained models.
 
-Run: ``python benchmarks/quality.py --system kolmogorov`` (about 20 minutes of training plus the
-rollout caps on 2 cores); ``--only SNS`` to run a subset.
+Run: ``python benchmarks/quality.py --system kolmogorov`` (2000 steps per model: ~45 min for the
+surrogate and ~15-20 min for each diffusion model on one core here; the 100-200-call methods then
+need hours for 10^4 steps: ``--steps`` and ``--only`` trim it).  Models and rollouts of a step
+budget live under ``--out/<system>/steps<N>``, those of a ``--train-minutes`` budget under
+``--out/<system>`` (where the published tables' runs are); the data set is shared.
 """
 
 from __future__ import annotations
@@ -88,11 +92,14 @@ def main() -> None:
     p.add_argument("--system", default="kolmogorov", choices=["kolmogorov", "qg"])
     p.add_argument("--out", type=Path, default=REPO / "outputs" / "bench-quality")
     p.add_argument("--steps", type=int, default=10_000)
-    p.add_argument("--train-minutes", type=float, default=4.0)
+    p.add_argument("--train-steps", type=int, default=2000, help="optimizer steps of batch 32 per model (the budget)")
+    p.add_argument("--train-minutes", type=float, default=None,
+                   help="wall-clock budget per model instead (the 2026-11-22 tables: 4)")
     p.add_argument("--acdm-levels", type=int, default=200)
     p.add_argument("--therm-start", type=int, default=6)
     p.add_argument("--therm-stop", type=int, default=4)
-    p.add_argument("--max-wall", type=float, default=240.0)
+    p.add_argument("--max-wall", type=float, default=20_000.0,
+                   help="safety cap per rollout (s); the budget is --steps (the 2026-11-22 tables: 240)")
     p.add_argument("--burn", type=int, default=50)
     p.add_argument("--max-lag", type=int, default=20)
     p.add_argument("--corr-steps", type=int, default=200)
@@ -110,13 +117,19 @@ def main() -> None:
 
     data_root = args.out / "data"
     data_dir = data_root / f"{args.system}-cpu"
+    if args.train_minutes is None:  # models and rollouts of a step budget: their own folder
+        args.out = args.out / f"steps{args.train_steps}"
     if not (data_dir / "test.zarr").exists():
         t0 = time.perf_counter()
         generate_dataset(args.system, "cpu", out=data_dir, progress=None)
         print(f"data generated in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    minutes = int(args.train_minutes * 60)
-    budget = [f"trainer.max_time=00:00:{minutes // 60:02d}:{minutes % 60:02d}", "data.batch_size=32",
-              "trainer.limit_train_batches=100"]
+    if args.train_minutes is None:
+        budget = [f"trainer.max_steps={args.train_steps}", "trainer.max_time=null", "data.batch_size=32",
+                  "trainer.limit_train_batches=100"]
+    else:
+        minutes = int(args.train_minutes * 60)
+        budget = [f"trainer.max_time=00:00:{minutes // 60:02d}:{minutes % 60:02d}", "data.batch_size=32",
+                  "trainer.limit_train_batches=100"]
     small = [f"++model.{t}.module.net.kwargs.{k}={v}" for t in ("denoiser", "acdm", "thermalizer", "pde_refiner")
              for k, v in SMALL_PAIR.items()]
     train_info = train_all(args, data_root, budget=budget, extra=small)
@@ -185,7 +198,8 @@ def main() -> None:
         print(f"{name}: {res.status} {done} steps, {res.wall_time_total:.0f} s", file=sys.stderr, flush=True)
 
     print(f"\n{args.system} cpu preset, {args.steps} steps requested from {x0.shape[0]} initial conditions, "
-          f"rollout cap {args.max_wall:.0f} s per method{'; every method wrapped in ConserveMean' if args.conserve_mean else ''}; training budget {args.train_minutes:g} min per model: "
+          f"rollout cap {args.max_wall:.0f} s per method{'; every method wrapped in ConserveMean' if args.conserve_mean else ''}; training budget "
+          + (f"{args.train_steps} steps" if args.train_minutes is None else f"{args.train_minutes:g} min") + " per model: "
           + ", ".join(f"{t} {v['steps']} steps" for t, v in train_info.items()) + "\n")
     print("| method | status | ICs | steps (stable) | calls/step mean | max | steps/s | spectrum max rel. err "
           "(shells 1..N/2-1) | spectrum log-L2 | C(tau) max err | enstrophy ratio |")

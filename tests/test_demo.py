@@ -23,7 +23,7 @@ def demo_cfg(tmp_path):
         cfg = compose(config_name="demo_kolmogorov", overrides=[
             f"out_dir={tmp_path}/demo", "data.overrides.n_frames=12", "+data.overrides.spinup_steps=50",
             "data.overrides.trajectories={train: 2, valid: 1, test: 1}",
-            "train.surrogate.max_time=00:00:00:08", "train.denoiser.max_time=00:00:00:08",
+            "train.surrogate.max_steps=4", "train.denoiser.max_steps=4",
             "rollout.trajectories=1", "rollout.n_steps=6", "rollout.chunk=3", "rollout.max_wall_time=60"])
     cfg.train.surrogate.overrides = sur
     cfg.train.denoiser.overrides = pair

@@ -6,8 +6,8 @@ Stages, each a library call with plain arguments, all under ``out_dir``:
    slow variables, in the regime where the next slow state is uncertain given the current one)
    (:func:`sns.data.generate.generate_dataset`; reused when it already exists);
 2. **surrogate**: ``sns-train experiment=<experiment> task=surrogate`` (:func:`sns.cli.train.train`)
-   for ``train.surrogate.max_steps`` optimizer steps (``max_time``: a wall-clock cap, or the
-   budget itself where ``max_steps`` is null, as in ``demo_kolmogorov``);
+   for ``train.surrogate.max_steps`` optimizer steps (``max_time``: a wall-clock safety cap; it
+   is the budget only where a user sets ``max_steps`` to null);
 3. **denoiser**: the SNS pair denoiser, likewise;
 4. **rollouts** from the same initial conditions (frame 0 of the test trajectories): first the
    SNS-refined surrogate for ``rollout.n_steps`` steps (``rollout.max_wall_time``: a safety cap),
