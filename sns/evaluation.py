@@ -139,8 +139,8 @@ class Source:
             raise ValueError(f"{self.path}: every trajectory was retired ({self.retired}); nothing to evaluate")
         self.rows = np.array([b for b in range(B) if b not in self.retired]) if self.retired else None
         self.dt = None
-        if self.is_rollout and "t" in ds.coords and ds.sizes.get("time", 0) > 1:
-            self.dt = float(ds["t"].values[1] - ds["t"].values[0])
+        if self.is_rollout and ds["time"].attrs.get("dt") is not None:  # physical time (open_rollout)
+            self.dt = float(ds["time"].attrs["dt"])
         elif "dt" in self.attrs:
             self.dt = float(self.attrs["dt"]) * int(self.attrs.get("save_every", 1))
 

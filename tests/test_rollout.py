@@ -89,8 +89,9 @@ def test_linear_stepper_gives_powers_exactly(tmp_path):
     assert ds["state"].dims == ("trajectory", "time", "channel", "y", "x")
     expected = np.stack([a**n * x0.numpy() for n in range(n_steps + 1)], axis=1)
     np.testing.assert_array_equal(ds["state"].values, expected)
-    np.testing.assert_array_equal(ds["time"].values, np.arange(41))
-    np.testing.assert_allclose(ds["t"].values, 0.25 * np.arange(41))
+    np.testing.assert_allclose(ds["time"].values, 0.25 * np.arange(41))  # physical, like a data set
+    np.testing.assert_array_equal(ds["step"].values, np.arange(41))
+    assert "step" in ds.coords and ds["time"].attrs["dt"] == 0.25
     np.testing.assert_allclose(ds["rms"].values[:, 5], state_rms(x0).numpy() * a**5, rtol=1e-6)
     assert ds.attrs["model"] == "linear" and ds.attrs["a"] == 0.5
     assert ds.attrs["rollout_status"] == "completed" and ds.attrs["rollout_steps_done"] == 40
@@ -194,7 +195,7 @@ def _reference(tmp_path, x0, n_steps, chunk, seed):
 
 def _assert_same_as_reference(path, res, ref):
     got, want = stored(path), stored(ref.path)
-    assert got.keys() == want.keys() == {"state", "rms", "calls", "time", "trajectory"}
+    assert got.keys() == want.keys() == {"state", "rms", "calls", "time", "step", "trajectory"}
     for key in want:  # every stored array, bit for bit
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
     assert res.status == "completed" and res.steps_done == ref.steps_done
@@ -410,3 +411,32 @@ def test_bad_stepper_output_and_arguments(tmp_path):
     with pytest.raises(ValueError, match="non-finite"):
         rollout(Linear(1.0), x0 * math.nan, 3)
     assert not (tmp_path / "j.zarr").exists()
+
+
+def test_stores_of_the_earlier_layout_open_in_the_current_one(tmp_path):
+    """A store written before 2026-12-03 had time = step index and t = physical time; open_rollout
+    shows it with time physical and step the index (the files unchanged), and a store without dt
+    keeps the step as its time."""
+    import xarray as xr
+
+    from sns.evaluation import Source
+
+    rollout(Linear(0.5), x0_field(), 6, store=tmp_path / "new.zarr", chunk=4, dt=0.1)
+    assert Source(tmp_path / "new.zarr").dt == 0.1  # sns-evaluate's frame interval
+    root = zarr.open_group(str(tmp_path / "new.zarr"), mode="r+")  # rewrite it in the old layout
+    root.create_array("t", data=np.arange(7) * 0.1, dimension_names=("time",), attributes={"dt": 0.1})
+    root["time"][...] = np.arange(7)
+    root["state"].attrs["coordinates"] = "t"
+    del root["step"]
+    ds = open_rollout(tmp_path / "new.zarr")
+    np.testing.assert_allclose(ds["time"].values, 0.1 * np.arange(7))
+    np.testing.assert_array_equal(ds["step"].values, np.arange(7))
+    assert "t" not in ds.variables and ds["time"].attrs["dt"] == 0.1
+    assert Source(tmp_path / "new.zarr").dt == 0.1
+    raw = xr.open_zarr(tmp_path / "new.zarr", consolidated=False)
+    assert "t" in raw.variables and "step" not in raw.variables  # nothing was written
+    rollout(Linear(0.5), x0_field(), 3, store=tmp_path / "nodt.zarr", chunk=4)
+    ds = open_rollout(tmp_path / "nodt.zarr")
+    np.testing.assert_array_equal(ds["time"].values, np.arange(4))
+    np.testing.assert_array_equal(ds["step"].values, np.arange(4))
+    assert Source(tmp_path / "nodt.zarr").dt is None

@@ -23,6 +23,12 @@ of any dimension), and its layout (dims, units, names) is recorded in the store'
 ``layout`` attr rather than in :data:`SYSTEM_LAYOUT`; :func:`layout` and
 :func:`variable_dims` read it from the attrs.
 
+Rollout stores (:mod:`sns.rollout`) use the same names: dims ``(trajectory, time, *state
+dims)``, coordinate ``time`` = the physical time of each state (``step * dt``, the data's time
+units; the step index itself where a rollout was given no ``dt``) and :data:`STEP` = the step
+index.  (Rollout stores written before 2026-12-03 had ``time`` = step index and ``t`` = physical
+time; :func:`sns.rollout.open_rollout` presents them in the current layout.)
+
 Finished stores carry consolidated metadata, so a plain ``xr.open_zarr(path)``
 opens them without a warning; ``sns``'s own readers ignore it and read each
 array's metadata (a store changed after it was written cannot mislead them).
@@ -37,6 +43,8 @@ Y = "y"
 X = "x"
 DIM = "dim"
 CHANNEL = "channel"  # channel axis of rollout stores (fields kept as (C, H, W))
+STEP = "step"  # rollout stores: the step index of each state, a coordinate along ``time``
+LEGACY_PHYSICAL_TIME = "t"  # rollout stores before 2026-12-03: physical time (``time`` was the step)
 Z = "z"
 
 SPLITS = ("train", "valid", "test")

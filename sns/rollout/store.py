@@ -32,8 +32,9 @@ __all__ = ["STATUSES", "MemorySink", "ZarrSink", "default_dims", "open_rollout"]
 
 # Names shared by writer and readers (dims declared once, in sns.data.schema).
 TRAJECTORY_DIM = schema.TRAJECTORY
-TIME_DIM = schema.TIME
-PHYSICAL_TIME = "t"
+TIME_DIM = schema.TIME  # coordinate: physical time (step * dt) where dt is known, else the step
+STEP_COORD = schema.STEP  # coordinate along TIME_DIM: the step index
+LEGACY_PHYSICAL_TIME = schema.LEGACY_PHYSICAL_TIME
 RMS_VARIABLE = "rms"
 CALLS_VARIABLE = "calls"
 CHECKPOINT_GROUP = "_checkpoint"
@@ -168,7 +169,7 @@ class ZarrSink:
             dtype=store_dtype,
             fill_value=np.nan,
             dimension_names=dims,
-            attributes={"coordinates": PHYSICAL_TIME} if dt is not None else {},
+            attributes={"coordinates": STEP_COORD},
         )
         del var
         root.create_array(
@@ -193,19 +194,26 @@ class ZarrSink:
         root.create_array(
             TRAJECTORY_DIM, data=np.arange(batch, dtype=np.int64), dimension_names=(TRAJECTORY_DIM,)
         )
-        root.create_array(
-            TIME_DIM,
-            data=np.arange(n_time, dtype=np.int64),
-            dimension_names=(TIME_DIM,),
-            attributes={"long_name": "rollout step", "units": "steps"},
-        )
-        if dt is not None:
+        if dt is not None:  # like a data set's time: physical
             root.create_array(
-                PHYSICAL_TIME,
+                TIME_DIM,
                 data=np.arange(n_time, dtype=np.float64) * dt,
                 dimension_names=(TIME_DIM,),
                 attributes={"long_name": "physical time, step * dt", "dt": dt},
             )
+        else:
+            root.create_array(
+                TIME_DIM,
+                data=np.arange(n_time, dtype=np.int64),
+                dimension_names=(TIME_DIM,),
+                attributes={"long_name": "rollout step (no dt given)", "units": "steps"},
+            )
+        root.create_array(
+            STEP_COORD,
+            data=np.arange(n_time, dtype=np.int64),
+            dimension_names=(TIME_DIM,),
+            attributes={"long_name": "rollout step", "units": "steps"},
+        )
         ckpt = root.create_group(CHECKPOINT_GROUP)
         ckpt.create_array(
             "state",
@@ -361,9 +369,19 @@ def open_rollout(path: str | os.PathLike[str]) -> xr.Dataset:
     """Open a rollout store lazily as an ``xarray.Dataset`` holding only the steps written.
 
     Time indices beyond ``rollout_steps_done`` (NaN fill of an unfinished run) are
-    dropped; attributes are the store's (caller metadata plus ``rollout_*``).
+    dropped; attributes are the store's (caller metadata plus ``rollout_*``).  Coordinates:
+    ``time`` (physical time where the rollout had a ``dt``, else the step index) and ``step``
+    (the step index); a store written before 2026-12-03 (``time`` = step, ``t`` = physical
+    time) is presented the same way, its files unchanged.
     """
     ds = xr.open_zarr(os.fspath(path), consolidated=False)
     if ATTR_PREFIX + "config" not in ds.attrs:
         raise ValueError(f"{path} is not a rollout store (no '{ATTR_PREFIX}config' attribute)")
+    if STEP_COORD not in ds.variables:  # the earlier layout
+        steps = ds[TIME_DIM].values
+        if LEGACY_PHYSICAL_TIME in ds.variables:
+            physical = ds[LEGACY_PHYSICAL_TIME]
+            ds = ds.drop_vars(LEGACY_PHYSICAL_TIME).assign_coords(
+                {TIME_DIM: (TIME_DIM, physical.values, dict(physical.attrs))})
+        ds = ds.assign_coords({STEP_COORD: (TIME_DIM, steps, {"long_name": "rollout step", "units": "steps"})})
     return ds.isel({TIME_DIM: slice(0, int(ds.attrs[ATTR_PREFIX + "steps_done"]) + 1)})
