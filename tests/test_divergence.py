@@ -185,3 +185,41 @@ def test_errors():
         DivergenceRegularizer(0.0, field="vector_field").divergence(Model(), x)
     with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
         divergence(lambda u: 2 * u, x)
+
+
+def test_targets_are_resolved_once_outside_the_term(tmp_path):
+    """resolve_target does the data reads (dt, normalisation, solver parameters); the term built
+    from a ResolvedTarget gives the same numbers as the deprecated data_dir= path, which warns."""
+    from sns.data.generate import generate_dataset
+    from sns.losses import ResolvedTarget, resolve_target
+
+    data = generate_dataset("lorenz63", "cpu", out=tmp_path / "l63",
+                            overrides={"n_frames": 30, "spinup_steps": 50,
+                                       "trajectories": {"train": 2, "valid": 1, "test": 1}}, progress=None)
+    r = resolve_target("system:lorenz63", data_dir=data)
+    assert isinstance(r, ResolvedTarget) and r.dt == pytest.approx(0.05) and r.norm_scale.shape == (3,)
+    new = DivergenceRegularizer(r, field="flow_map")
+    with pytest.warns(DeprecationWarning, match="resolve_target"):
+        old = DivergenceRegularizer("system:lorenz63", field="flow_map", data_dir=data)
+    x = torch.randn(16, 3, dtype=torch.float64)
+    torch.testing.assert_close(new.target(x), old.target(x))
+    torch.testing.assert_close(new.target(x), torch.full((16,), LORENZ_DIV, dtype=torch.float64))
+    assert new.dt == old.dt == r.dt
+    with pytest.raises(ValueError, match="carries its data facts"):
+        DivergenceRegularizer(r, data_dir=data)
+    est = resolve_target("data", data_dir=data)
+    assert est.data_estimate is not None and "estimated from data" in est.description
+    # sns-train resolves a term's target in the entry point: no data read by the term, no warning
+    import warnings
+
+    from omegaconf import OmegaConf
+
+    from sns.cli.train import _loss_term
+
+    c = OmegaConf.create({"_target_": "sns.losses.DivergenceRegularizer", "target": "system:lorenz63",
+                          "data_dir": str(data), "field": "flow_map", "weight": 1e-3})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        term = _loss_term(c)
+    assert term.dt == r.dt and torch.equal(term.norm_scale, r.norm_scale) and term.schedule(10**6) == 1e-3
+    torch.testing.assert_close(term.target(x), new.target(x))

@@ -140,6 +140,31 @@ def data_metadata(data_dir: str | Path) -> dict[str, Any]:
     return {k: attrs[k] for k in keys if k in attrs}
 
 
+def _loss_term(c: Any) -> Any:
+    """One ``loss_terms`` entry: a divergence term gets its target resolved here
+    (:func:`sns.losses.resolve_target`: the data set's dt, normalisation and solver parameters,
+    the estimate of target ``data``), then the term is built from plain values; any other term
+    is instantiated as it stands."""
+    from hydra.utils import get_class, instantiate
+    from omegaconf import OmegaConf
+
+    from sns.losses.divergence import TARGET_KEYS, DivergenceRegularizer, resolve_target
+
+    try:
+        cls = get_class(c._target_) if isinstance(c, DictConfig) and "_target_" in c else None
+    except Exception:  # noqa: BLE001 - a bad _target_: instantiate reports it as for any other term
+        cls = None
+    if cls is not DivergenceRegularizer:
+        return instantiate(c, _convert_="all")
+    kw = OmegaConf.to_container(c, resolve=True)
+    kw.pop("_target_")
+    if "target" not in kw:
+        raise ValueError("a DivergenceRegularizer loss term needs target: a number, system:<name> or data")
+    facts = {k: kw.pop(k) for k in TARGET_KEYS if k in kw and k != "dt"}
+    target = resolve_target(kw.pop("target"), dt=kw.get("dt"), **facts)
+    return DivergenceRegularizer(target, **kw)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train the module of ``cfg.task``; return the final callback metrics (floats).
 
@@ -167,7 +192,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
 
     datamodule = instantiate(cfg.data)
-    module = instantiate(cfg.model[cfg.task].module, _convert_="all")
+    module_cfg = cfg.model[cfg.task].module
+    terms = module_cfg.get("loss_terms")
+    if terms:  # resolved here, in the entry point (data read and solvers built once, not by the terms)
+        module = instantiate(module_cfg, loss_terms=[_loss_term(c) for c in terms], _convert_="all")
+    else:
+        module = instantiate(module_cfg, _convert_="all")
     if cfg.task == "surrogate" or getattr(module.model, "state_shape", None) is not None:
         # a model of another system / dimension: refused here, naming the config and the data set
         check_fits(module.model, datamodule.state_shape, f"model.{cfg.task} ({module.model_spec['kind']})",

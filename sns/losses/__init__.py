@@ -2,10 +2,13 @@
 
 from sns.losses.divergence import (
     DivergenceRegularizer,
+    ResolvedTarget,
     WarmupSchedule,
     divergence,
     estimate_divergence,
     flow_map_divergence,
+    resolve_target,
 )
 
-__all__ = ["DivergenceRegularizer", "WarmupSchedule", "divergence", "estimate_divergence", "flow_map_divergence"]
+__all__ = ["DivergenceRegularizer", "ResolvedTarget", "WarmupSchedule", "divergence", "estimate_divergence",
+           "flow_map_divergence", "resolve_target"]

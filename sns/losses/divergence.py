@@ -54,6 +54,10 @@ Targets (``DivergenceRegularizer(target=...)``):
   :func:`estimate_divergence` (local flow-map regression, below);
 * a callable ``target(x) -> (N,)`` in the model's (normalised) coordinates.
 
+:func:`resolve_target` turns a spec into a :class:`ResolvedTarget` (the function and the data
+facts it used); it is the only code here that reads a data set or builds a solver, and the entry
+point (``sns-train``) calls it once per term, so the loss term itself is pure.
+
 References: Hutchinson, Commun. Stat. Simul. Comput. 19 (1990) 433; Grathwohl et al.,
 FFJORD (ICLR 2019) for Hutchinson traces of neural vector fields.
 """
@@ -61,7 +65,9 @@ FFJORD (ICLR 2019) for Hutchinson traces of neural vector fields.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,10 +86,12 @@ from sns.diffops import (  # noqa: F401 - the operators live in a neutral module
 
 __all__ = [
     "DivergenceRegularizer",
+    "ResolvedTarget",
     "WarmupSchedule",
     "divergence",
     "estimate_divergence",
     "flow_map_divergence",
+    "resolve_target",
 ]
 
 FIELDS = ("auto", "vector_field", "increment", "flow_map")
@@ -200,6 +208,107 @@ def _store_attrs(data_dir: str | Path) -> dict[str, Any]:
     return dict(check_store(Path(data_dir) / "train.zarr"))
 
 
+#: Arguments of :func:`resolve_target` besides the target (an entry point pops them from a term's config).
+TARGET_KEYS = ("data_dir", "dt", "norm_offset", "norm_scale", "system_params", "data_estimator")
+
+
+@dataclass(frozen=True)
+class ResolvedTarget:
+    """A divergence target ready for :class:`DivergenceRegularizer`, with the data facts it was
+    resolved with: ``fn(x) -> (N,)`` on normalised states, ``dt`` (time of one discrete step,
+    or None), the normalisation, and the estimate of target ``"data"``."""
+
+    fn: Callable[[Tensor], Tensor]
+    description: str
+    dt: float | None = None
+    norm_offset: Tensor | None = None
+    norm_scale: Tensor | None = None
+    data_estimate: dict[str, Any] | None = field(default=None, compare=False)
+
+
+def _to_physical(x: Tensor, offset: Tensor | None, scale: Tensor | None) -> Tensor:
+    """Normalised ``(N, C, ...)`` / ``(N, D)`` states back to physical units (float64)."""
+    x = x.detach().double()
+    if scale is None and offset is None:
+        return x
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    sc = scale.to(x.device).reshape(shape) if scale is not None else 1.0
+    off = offset.to(x.device).reshape(shape) if offset is not None else 0.0
+    return x * sc + off
+
+
+def resolve_target(
+    target: float | str | Callable[[Tensor], Tensor],
+    data_dir: str | Path | None = None,
+    dt: float | None = None,
+    norm_offset: Sequence[float] | None = None,
+    norm_scale: Sequence[float] | None = None,
+    system_params: Mapping[str, Any] | None = None,
+    data_estimator: Mapping[str, Any] | None = None,
+) -> ResolvedTarget:
+    """Turn a target spec (module docstring) into a :class:`ResolvedTarget`: everything that
+    reads data or builds a solver happens here, once, in the entry point (``sns-train`` calls it
+    for every divergence term of its config), not in the loss term.
+
+    ``data_dir`` (an ``sns`` data directory) supplies what is not given: ``dt`` (``dt *
+    save_every`` of its train split), the normalisation, the solver parameters of target
+    ``"system:<name>"`` when the data set holds that system, and the trajectories of target
+    ``"data"`` (:func:`estimate_divergence` with ``data_estimator``).
+    """
+    if isinstance(target, ResolvedTarget):
+        return target
+    if dt is not None and not dt > 0:
+        raise ValueError(f"dt must be positive, got {dt!r}")
+    attrs = _store_attrs(data_dir) if data_dir is not None else {}
+    if dt is None and "dt" in attrs and "save_every" in attrs:
+        dt = float(attrs["dt"]) * int(attrs["save_every"])
+    offset = norm_offset if norm_offset is not None else attrs.get("norm_offset")
+    scale = norm_scale if norm_scale is not None else attrs.get("norm_scale")
+    offset = torch.as_tensor(offset, dtype=torch.float64) if offset is not None else None
+    scale = torch.as_tensor(scale, dtype=torch.float64) if scale is not None else None
+    facts = {"dt": float(dt) if dt is not None else None, "norm_offset": offset, "norm_scale": scale}
+    if callable(target):
+        return ResolvedTarget(target, getattr(target, "__name__", type(target).__name__), **facts)
+    if isinstance(target, (int, float)) and not isinstance(target, bool):
+        value = float(target)
+        return ResolvedTarget(lambda x: torch.full(x.shape[:1], value, dtype=x.dtype, device=x.device),
+                              f"constant {value}", **facts)
+    if isinstance(target, str) and target.startswith("system:"):
+        from sns.systems import make_system
+
+        name = target.split(":", 1)[1]
+        if name == "generic":
+            raise ValueError("divergence target 'system:generic' is not available: data imported with "
+                             "sns-import (system generic) have no solver, hence no analytic divergence; "
+                             "valid choices: target='data' (estimated from the training trajectories), "
+                             "a number, or 'system:<name>' of a built-in system")
+        params = dict(system_params) if system_params is not None else (
+            dict(attrs.get("params", {})) if attrs.get("system") == name else {})
+        system = make_system(name, **params)
+
+        def system_target(x: Tensor) -> Tensor:
+            return system.divergence(_to_physical(x, offset, scale).to(getattr(system, "dtype", torch.float64))).to(x)
+
+        return ResolvedTarget(system_target, f"analytic divergence of {name}", **facts)
+    if target == "data":
+        if data_dir is None:
+            raise ValueError("target='data' estimates the divergence from the training trajectories: "
+                             "give data_dir (an sns data directory)")
+        if dt is None:
+            raise ValueError(f"{data_dir} has no dt/save_every attrs; give dt")
+        from sns.data.io import open_split
+
+        ds = open_split(Path(data_dir) / "train.zarr")
+        arr = np.asarray(ds[attrs["variable"]].values, np.float64)
+        off = np.asarray(attrs.get("norm_offset", 0.0)); sc = np.asarray(attrs.get("norm_scale", 1.0))
+        est = estimate_divergence((arr - off) / sc, float(dt), **dict(data_estimator or {}))
+        value = est["divergence"]
+        return ResolvedTarget(lambda x: torch.full(x.shape[:1], value, dtype=x.dtype, device=x.device),
+                              f"estimated from data: {value:.4g}", data_estimate=est, **facts)
+    raise ValueError(f"unknown divergence target {target!r}; valid choices: a number, 'system:<name>', "
+                     "'data' or a callable x -> (N,)")
+
+
 class DivergenceRegularizer:
     """Loss term ``lambda(t) * mean((div f(x) - target(x))^2)`` (:mod:`sns.training.terms`).
 
@@ -212,8 +321,15 @@ class DivergenceRegularizer:
     While the weight is 0 the divergence is still computed (for the log) but without a
     graph, and the term adds an exact zero.
 
+    The target is resolved once (:func:`resolve_target`): ``sns-train`` does it in the entry
+    point and passes a :class:`ResolvedTarget`; a number, a callable or ``"system:<name>"``
+    given here is resolved by the constructor (no data read).  ``data_dir=`` here (the
+    constructor reading a store) is deprecated: resolve the target first,
+    ``DivergenceRegularizer(resolve_target(target, data_dir=...), ...)``.
+
     Args:
-        target: number, ``"system:<name>"``, ``"data"`` or callable (module docstring).
+        target: :class:`ResolvedTarget`, number, ``"system:<name>"``, ``"data"`` or callable
+            (module docstring).
         weight: final weight lambda (>= 0).
         start, ramp, by: :class:`WarmupSchedule`.
         method: ``"exact"`` or ``"hutchinson"``.
@@ -264,76 +380,22 @@ class DivergenceRegularizer:
             raise ValueError(f"max_points must be a positive integer or None, got {max_points!r}")
         self.schedule = WarmupSchedule(start, ramp, weight, by)
         self.method, self.n_probes, self.field = method, _check_probes(n_probes), field
-        self.data_dir = Path(data_dir) if data_dir is not None else None
         self.max_points = max_points
         self.name = name
-        self._attrs = _store_attrs(self.data_dir) if self.data_dir is not None else {}
-        self.dt = float(dt) if dt is not None else self._data_dt()
-        offset = norm_offset if norm_offset is not None else self._attrs.get("norm_offset")
-        scale = norm_scale if norm_scale is not None else self._attrs.get("norm_scale")
-        self.norm_offset = torch.as_tensor(offset, dtype=torch.float64) if offset is not None else None
-        self.norm_scale = torch.as_tensor(scale, dtype=torch.float64) if scale is not None else None
-        self._target_fn, self.target_description = self._make_target(target, system_params,
-                                                                      dict(data_estimator or {}))
-
-    # ----- configuration helpers
-    def _data_dt(self) -> float | None:
-        if "dt" in self._attrs and "save_every" in self._attrs:
-            return float(self._attrs["dt"]) * int(self._attrs["save_every"])
-        return None
-
-    def _physical(self, x: Tensor) -> Tensor:
-        """Normalised ``(N, C, ...)`` / ``(N, D)`` states back to physical units (float64)."""
-        x = x.detach().double()
-        if self.norm_scale is None and self.norm_offset is None:
-            return x
-        shape = (1, -1) + (1,) * (x.ndim - 2)
-        scale = self.norm_scale.to(x.device).reshape(shape) if self.norm_scale is not None else 1.0
-        offset = self.norm_offset.to(x.device).reshape(shape) if self.norm_offset is not None else 0.0
-        return x * scale + offset
-
-    def _make_target(self, target: Any, system_params: Mapping[str, Any] | None,
-                     est_kwargs: dict[str, Any]) -> tuple[Callable[[Tensor], Tensor], str]:
-        if callable(target):
-            return target, getattr(target, "__name__", type(target).__name__)
-        if isinstance(target, (int, float)) and not isinstance(target, bool):
-            value = float(target)
-            return (lambda x: torch.full(x.shape[:1], value, dtype=x.dtype, device=x.device)), f"constant {value}"
-        if isinstance(target, str) and target.startswith("system:"):
-            from sns.systems import make_system
-
-            name = target.split(":", 1)[1]
-            if name == "generic":
-                raise ValueError("divergence target 'system:generic' is not available: data imported with "
-                                 "sns-import (system generic) have no solver, hence no analytic divergence; "
-                                 "valid choices: target='data' (estimated from the training trajectories), "
-                                 "a number, or 'system:<name>' of a built-in system")
-            params = dict(system_params) if system_params is not None else (
-                dict(self._attrs.get("params", {})) if self._attrs.get("system") == name else {})
-            system = make_system(name, **params)
-
-            def system_target(x: Tensor) -> Tensor:
-                return system.divergence(self._physical(x).to(getattr(system, "dtype", torch.float64))).to(x)
-
-            return system_target, f"analytic divergence of {name}"
-        if target == "data":
-            if self.data_dir is None:
-                raise ValueError("target='data' estimates the divergence from the training trajectories: "
-                                 "give data_dir (an sns data directory)")
-            if self.dt is None:
-                raise ValueError(f"{self.data_dir} has no dt/save_every attrs; give dt")
-            from sns.data.io import open_split
-
-            ds = open_split(self.data_dir / "train.zarr")
-            arr = np.asarray(ds[self._attrs["variable"]].values, np.float64)
-            off = np.asarray(self._attrs.get("norm_offset", 0.0)); sc = np.asarray(self._attrs.get("norm_scale", 1.0))
-            est = estimate_divergence((arr - off) / sc, self.dt, **est_kwargs)
-            value = est["divergence"]
-            self.data_estimate = est
-            return ((lambda x: torch.full(x.shape[:1], value, dtype=x.dtype, device=x.device)),
-                    f"estimated from data: {value:.4g}")
-        raise ValueError(f"unknown divergence target {target!r}; valid choices: a number, 'system:<name>', "
-                         "'data' or a callable x -> (N,)")
+        if data_dir is not None:
+            warnings.warn("DivergenceRegularizer(data_dir=...) reads the data set in the constructor and is "
+                          "deprecated: pass resolve_target(target, data_dir=...) as the target (sns-train does)",
+                          DeprecationWarning, stacklevel=2)
+        if isinstance(target, ResolvedTarget) and any(v is not None for v in (data_dir, norm_offset, norm_scale,
+                                                                              system_params, data_estimator)):
+            raise ValueError("a ResolvedTarget carries its data facts: give data_dir / norm_* / system_params / "
+                             "data_estimator to resolve_target, not here")
+        resolved = resolve_target(target, data_dir=data_dir, dt=dt, norm_offset=norm_offset, norm_scale=norm_scale,
+                                  system_params=system_params, data_estimator=data_estimator)
+        self.dt = float(dt) if dt is not None else resolved.dt
+        self.norm_offset, self.norm_scale = resolved.norm_offset, resolved.norm_scale
+        self._target_fn, self.target_description = resolved.fn, resolved.description
+        self.data_estimate = resolved.data_estimate
 
     def _field(self, model: Any) -> tuple[str, Callable[[Tensor], Tensor]]:
         kind = self.field
