@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _hydra import compose as compose_config
 from omegaconf import OmegaConf
 
 from sns.data.generate import generate_dataset
@@ -29,11 +30,7 @@ S = 8
 
 
 def compose(overrides):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        return hydra_compose(config_name="rollout", overrides=overrides)
+    return compose_config("rollout", overrides)
 
 
 @pytest.fixture(scope="module")

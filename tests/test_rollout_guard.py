@@ -3,6 +3,7 @@ splits (issue 14), recorded in the store, refused for bad settings."""
 
 import pytest
 import torch
+from _hydra import compose as compose_config
 
 from sns.data.generate import generate_dataset
 from sns.export import save_model
@@ -13,13 +14,7 @@ S = 10
 
 
 def compose(overrides):
-    from pathlib import Path
-
-    from hydra import compose, initialize_config_dir
-
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base=None):
-        return compose(config_name="rollout", overrides=overrides)
+    return compose_config("rollout", overrides)
 
 
 @pytest.fixture(scope="module")
