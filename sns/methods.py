@@ -126,6 +126,12 @@ class StepperContext:
         w = torch.stack([ds[int(i)] for i in idx]).to(self.device)  # (N, 2, *state)
         return w[:, 0], w[:, 1]
 
+    def state_shape(self, split: str) -> tuple[int, ...]:
+        """Shape of one state of ``split`` (read lazily: one window, not the split)."""
+        from sns.data.windows import WindowDataset
+
+        return tuple(WindowDataset(self._store(split), history=1, horizon=1, stride=1)[0][0].shape)
+
     def states(self, split: str, max_states: int = 100_000) -> Any:
         """Up to ``max_states`` states of ``split`` (evenly spread over its frames), normalised
         like the training data, ``(N, *state)``."""

@@ -563,10 +563,10 @@ def _state_guard(schedule: Schedule, setting: Any, context: Any, max_states: int
         quantile = float(setting)
     else:
         raise ValueError(f"refiner.state_guard must be true, false or a quantile in (0, 1], got {setting!r}")
-    reference = context.states("train", max_states)
-    if reference.ndim > 2:  # (N, C, H, W): any field (one channel, layers, imported channels)
+    if len(context.state_shape("train")) > 1:  # (C, H, W): any field; refused before the split is loaded
         raise ValueError("refiner.state_guard is for vector systems (nearest neighbours of field states "
                          "measure the sampling floor, not a drift); set refiner.state_guard=false")
+    reference = context.states("train", max_states)
     held_out = context.states("valid", max_states)
     return NearestStateGuard.calibrate(schedule, reference, held_out, quantile=quantile)
 
