@@ -89,6 +89,24 @@ def methods(sur, den, sch, n_moves: int, sigma_p: float) -> dict[str, object]:
     return out
 
 
+def fixed_level_rmse(sur, den, sch, x_prev, x_next, seed: int, levels=(0, 10, 20, 30, 40, 50, 60),
+                     batch: int = 256) -> dict[str, float]:
+    """One-step RMSE against ``x_next`` of the surrogate's proposal and of that proposal refined at
+    fixed levels ``(i, i)`` (one move per leg): where is the denoiser the better one-step model?"""
+    from sns.refine import SNSRefiner
+
+    out = {}
+    steppers = {"surrogate": sur} | {f"({i},{i})": SNSRefiner(den, sch, surrogate=sur, path="A", fixed_levels=(i, i),
+                                                             n_moves=1) for i in levels}
+    for name, step in steppers.items():
+        g, se = torch.Generator().manual_seed(seed), 0.0
+        for a in range(0, len(x_prev), batch):
+            y = step(x_prev[a:a + batch]) if name == "surrogate" else step(x_prev[a:a + batch], generator=g)
+            se += float(((y - x_next[a:a + batch]) ** 2).double().sum())
+        out[name] = (se / x_next.numel()) ** 0.5
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=REPO / "outputs" / "bench-sns-kolmogorov")
@@ -107,6 +125,9 @@ def main() -> None:
     p.add_argument("--seeds-only", action="store_true", help="with --report: run nothing, only report")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="bf16: also run every method under bf16 autocast (rows '... [bf16]', sns.precision)")
+    p.add_argument("--level-emphasis", nargs=3, metavar=("LOW", "HIGH", "FACTOR"),
+                   help="train the denoiser drawing levels LOW..HIGH FACTOR x as often "
+                        "(PairDenoiserModule level_emphasis; the model and results get their own names)")
     p.add_argument("--train-only", choices=["surrogate", "denoiser"],
                    help="train that model of every seed and stop (to train the two in parallel processes)")
     args = p.parse_args()
@@ -149,16 +170,22 @@ def main() -> None:
 
     results: dict[str, dict[str, list]] = {}
     diag: dict[str, list] = {}
-    res_dir = args.out / f"surrogate{args.surrogate_steps}_denoiser{args.denoiser_steps}"
+    emph, emph_kw = "", []
+    if args.level_emphasis:
+        low, high, factor = int(args.level_emphasis[0]), int(args.level_emphasis[1]), float(args.level_emphasis[2])
+        emph = f"_emph{low}-{high}x{factor:g}"
+        emph_kw = [f"model.denoiser.module.level_emphasis={{low:{low},high:{high},factor:{factor}}}"]
+    res_dir = args.out / f"surrogate{args.surrogate_steps}_denoiser{args.denoiser_steps}{emph}"
     res_dir.mkdir(parents=True, exist_ok=True)
     log_kw = f"diffusion.kwargs={{sigma_min:{args.sigma_min},sigma_max:80.0}}"
     small = [f"++model.denoiser.module.net.kwargs.{k}={v}" for k, v in SMALL_PAIR.items()]
     for seed in ([] if args.seeds_only else args.seeds):
         train = {
             "sur": lambda seed=seed: train_one(args, data_root, "surrogate", "surrogate", seed, args.surrogate_steps, []),
-            "log": lambda seed=seed: train_one(args, data_root, f"denoiser_log_sigma{args.sigma_min:g}", "denoiser", seed,
-                                              args.denoiser_steps, ["diffusion=log_sigma", log_kw,
-                                                                    "model.denoiser.module.val_rollout_steps=0", *small]),
+            "log": lambda seed=seed: train_one(args, data_root, f"denoiser_log_sigma{args.sigma_min:g}{emph}", "denoiser",
+                                              seed, args.denoiser_steps,
+                                              ["diffusion=log_sigma", log_kw, "model.denoiser.module.val_rollout_steps=0",
+                                               *small, *emph_kw]),
         }
         if args.train_only:
             train["sur" if args.train_only == "surrogate" else "log"]()
@@ -178,11 +205,13 @@ def main() -> None:
             k2, k1 = calibrate_skip_threshold(den, *sub, quantile=0.9)
             acc = head_accuracy(den, sch, *sub)
         sigma_p = calibrate_proposal_sigma(sur, *pairs, batch=256)
+        one_step = fixed_level_rmse(sur, den, sch, *sub, seed=seed)
         q = lambda v: float(v.double().median())
         diag.setdefault("surrogate / log-sigma", []).append({
             "rmse": sigma_p / 2**0.5, "clean_i2": q(i2c), "clean_i1": q(i1c), "prop_i2": q(i2p), "prop_i1": q(i1p),
             "k2": k2, "k1": k1, "prop_i1_p90": float(i1p.double().quantile(0.9)),
-            "acc_levels": acc["levels"].tolist(), "acc_i2": acc["i2"].tolist(), "acc_i1": acc["i1"].tolist()})
+            "acc_levels": acc["levels"].tolist(), "acc_i2": acc["i2"].tolist(), "acc_i1": acc["i1"].tolist(),
+            "one_step": one_step})
         steppers = methods(sur, den, sch, args.n_moves, sigma_p)
         if args.precision != "fp32":  # the same models under autocast, after their fp32 rows
             from sns.precision import MixedPrecision
@@ -241,6 +270,14 @@ def main() -> None:
                   + "|---" * len(lv) + "|")
             for h in ("i2", "i1"):
                 print(f"| {h} | " + " | ".join(f"{v:.1f}" for v in np.mean([d[f"acc_{h}"] for d in ds], 0)) + " |")
+    for k, ds in diag.items():  # is the denoiser a better one-step model than the surrogate? (valid pairs)
+        ds = [d for d in ds if "one_step" in d]
+        if ds:
+            lv = list(ds[0]["one_step"])
+            print(f"\none-step RMSE on valid pairs (normalised units; {k}, mean over {len(ds)} seed(s)): the "
+                  "surrogate's proposal, and that proposal refined at fixed levels (i, i), 1 move per leg:\n\n| "
+                  + " | ".join(lv) + " |\n" + "|---" * len(lv) + "|\n| "
+                  + " | ".join(f"{np.mean([d['one_step'][v] for d in ds]):.4f}" for v in lv) + " |")
     print(f"\n| method | completed | stable steps (min) | calls/step | worst shell | shells > {args.tol:g} "
           f"| worst shell, last fifth | enstrophy ratio | enstrophy ratio, last fifth | ms/step |")
     print("|---" * 10 + "|")

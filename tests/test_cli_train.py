@@ -62,7 +62,8 @@ def test_train_export_and_rollout(data_root, tmp_path):
     n = torch.get_num_threads()
     try:  # the denoiser in-process (the entry point itself is covered above)
         train(compose("train", [*FAST, "task=denoiser", "diffusion.n_levels=10", f"paths.data_dir={data_root}",
-                                f"paths.run_dir={tmp_path}/den", f"paths.output_dir={tmp_path}/den"]))
+                                f"paths.run_dir={tmp_path}/den", f"paths.output_dir={tmp_path}/den",
+                                "model.denoiser.module.level_emphasis={low:2,high:5,factor:3.0}"]))
     finally:
         torch.set_num_threads(n)
     sur, extra = load_model(tmp_path / "sur" / "surrogate.safetensors")
@@ -70,6 +71,8 @@ def test_train_export_and_rollout(data_root, tmp_path):
     assert extra["global_step"] == 4
     _, dextra = load_model(tmp_path / "den" / "denoiser.safetensors")
     assert dextra["schedule"] == {"name": "cosine", "n_levels": 10, "kwargs": {}}
+    ckpt = torch.load(tmp_path / "den" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert dict(ckpt["hyper_parameters"]["level_emphasis"]) == {"low": 2, "high": 5, "factor": 3.0}
     assert (tmp_path / "sur" / "checkpoints" / "last.ckpt").exists()
     assert (tmp_path / "sur" / ".hydra" / "config.yaml").exists()
     metrics = next((tmp_path / "sur" / "csv").glob("version_*/metrics.csv")).read_text()

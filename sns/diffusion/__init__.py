@@ -1,7 +1,7 @@
 """Diffusion core of SNS: schedules, independent pair noising, the multi-noise-level
 loss, the DDPM ancestral step and paths in the reverse-process phase space."""
 
-from sns.diffusion.loss import pair_dsm_loss
+from sns.diffusion.loss import emphasis_weights, pair_dsm_loss
 from sns.diffusion.noising import noise_pair, noise_state
 from sns.diffusion.paths import (
     PATHS,
@@ -41,6 +41,7 @@ __all__ = [
     "make_schedule",
     "noise_pair",
     "noise_state",
+    "emphasis_weights",
     "pair_dsm_loss",
     "path_A",
     "path_B",

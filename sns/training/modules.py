@@ -259,6 +259,11 @@ class PairDenoiserModule(_Base):
         levels: level sampling of the loss (:func:`sns.diffusion.pair_dsm_loss`):
             ``"independent"`` (SNS), ``"diagonal"`` (ACDM), ``"unconditional"`` (Thermalizer).
             The exported file records the method (``sns``, ``acdm``, ``thermalizer``).
+        level_emphasis: ``None`` (uniform levels) or ``{"low": i, "high": j, "factor": f}``:
+            training draws the levels ``i..j`` ``f`` times as often as the others
+            (:func:`sns.diffusion.emphasis_weights`; the heads are logit-adjusted so that they
+            still read levels under a uniform prior).  Validation keeps uniform levels, so
+            ``val/*`` stays comparable between runs with and without emphasis.
     """
 
     task = "denoiser"
@@ -279,6 +284,7 @@ class PairDenoiserModule(_Base):
         val_seed: int = 0,
         loss_terms: Sequence[LossTerm] | None = None,
         levels: str = "independent",
+        level_emphasis: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "loss_terms"])
@@ -301,6 +307,15 @@ class PairDenoiserModule(_Base):
         if not isinstance(val_rollout_steps, int) or val_rollout_steps < 0:
             raise ValueError(f"val_rollout_steps must be a non-negative integer, got {val_rollout_steps!r}")
         self.schedule_spec = {"name": schedule, "n_levels": int(n_levels), "kwargs": dict(schedule_kwargs or {})}
+        self.level_weights = None
+        if level_emphasis is not None:
+            from sns.diffusion import emphasis_weights
+
+            spec = dict(level_emphasis)
+            if set(spec) != {"low", "high", "factor"}:
+                raise ValueError(f"level_emphasis needs exactly the keys low, high, factor; got {sorted(spec)}")
+            self.level_weights = emphasis_weights(self.schedule.n_levels, int(spec["low"]), int(spec["high"]),
+                                                  float(spec["factor"]))
         self.lambda_ce = float(lambda_ce)
         self.pairs = pairs
         self.val_rollout_steps = val_rollout_steps
@@ -319,7 +334,8 @@ class PairDenoiserModule(_Base):
         from sns.diffusion import pair_dsm_loss
 
         x_prev, x_next = self._pairs(batch)
-        loss, parts = pair_dsm_loss(self.model, self.schedule, x_prev, x_next, self.lambda_ce, levels=self.levels)
+        loss, parts = pair_dsm_loss(self.model, self.schedule, x_prev, x_next, self.lambda_ce, levels=self.levels,
+                                    level_weights=self.level_weights)
         for k, v in parts.items():
             self.log(f"train/{k}", v, prog_bar=k == "mse")
         outputs = {"inputs": x_prev, "x_prev": x_prev, "x_next": x_next, "parts": parts}
