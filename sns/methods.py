@@ -30,7 +30,8 @@ method                 sns-train task   file records                surrogate   
 =====================  ===============  ==========================  ==========  ==================
 
 The Neural ODE (seed 000) is a surrogate of its own kind: its export rolls out as
-``surrogate=<file>`` (one frame of its flow per step), like a ``task=surrogate`` export.
+``surrogate=<file>`` (one frame of its flow per step), like a ``task=surrogate`` export; a
+rollout of it alone records the method ``neural_ode`` (a surrogate export's, ``surrogate``).
 """
 
 from __future__ import annotations

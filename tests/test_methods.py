@@ -135,11 +135,15 @@ def test_a_neural_ode_export_rolls_out_as_a_surrogate(files, tmp_path):
     run_rollout(compose([f"data_dir={files['data']}", "n_steps=4", "trajectories=1", f"surrogate={path}",
                          f"out={tmp_path}/node.zarr"]))
     store = open_rollout(tmp_path / "node.zarr")
-    assert store.attrs["method"] == "surrogate"
+    assert store.attrs["method"] == "neural_ode"  # the file's method, not the generic surrogate
     x = torch.from_numpy(store["state"].values[0]).float()  # (T + 1, 3)
     with torch.no_grad():
         ref = model.trajectory(x[:1], 4)[0]
     torch.testing.assert_close(x, ref, rtol=1e-4, atol=1e-5)
+    # a task=surrogate export alone is still the method "surrogate" (its stores resume as before)
+    run_rollout(compose([f"data_dir={files['data']}", "n_steps=2", "trajectories=1", f"surrogate={files['sur']}",
+                         f"out={tmp_path}/sur.zarr"]))
+    assert open_rollout(tmp_path / "sur.zarr").attrs["method"] == "surrogate"
 
 
 def test_a_new_method_is_one_entry_and_one_module(files, tmp_path, monkeypatch):

@@ -63,3 +63,19 @@ def test_state_guard_refuses_bad_settings(files, tmp_path, bad):
         run_rollout(compose([f"surrogate={sur}", f"denoiser={den}", f"data_dir={data}", "n_steps=2",
                              f"refiner.state_guard={bad}", f"out={tmp_path}/bad.zarr"]))
     assert not (tmp_path / "bad.zarr").exists()
+
+
+def test_state_guard_refuses_a_field_before_loading_a_split():
+    """A field system is refused from one window's shape: the split itself is never read."""
+    from sns.diffusion import cosine_schedule
+    from sns.refine import _state_guard
+
+    class FieldContext:
+        def state_shape(self, split):
+            return (1, 8, 8)
+
+        def states(self, split, max_states=100_000):
+            raise AssertionError(f"the {split} split was loaded before the refusal")
+
+    with pytest.raises(ValueError, match="for vector systems"):
+        _state_guard(cosine_schedule(10), True, FieldContext())

@@ -48,8 +48,8 @@ def _check_norm(name: str, extra: dict[str, Any], data_attrs: dict[str, Any]) ->
 
 
 def _load_surrogate(cfg: DictConfig, data_attrs: dict[str, Any], device: Any,
-                    state_shape: tuple[int, ...] | None) -> tuple[Any, dict[str, Any]]:
-    """The surrogate of ``cfg.surrogate`` (sns export, torch.export / TorchScript file or import path,
+                    state_shape: tuple[int, ...] | None) -> tuple[Any, dict[str, Any], dict[str, Any] | None]:
+    """``(stepper, attrs, file metadata or None)`` of ``cfg.surrogate``: the surrogate (sns export, torch.export / TorchScript file or import path,
     :func:`sns.surrogates.loading.load_surrogate`) as a stepper on the data set's normalised states:
     a physical-units model (``surrogate_units=physical``) is wrapped in
     :class:`~sns.surrogates.loading.NormalisedView` with the data set's normalisation."""
@@ -72,7 +72,7 @@ def _load_surrogate(cfg: DictConfig, data_attrs: dict[str, Any], device: Any,
     attrs = {"surrogate": str(cfg.surrogate), "surrogate_sha256": loaded.sha256}
     if loaded.kind != "sns":  # (kept out of an sns export's identity, so its stores resume as before)
         attrs.update(surrogate_kind=loaded.kind, surrogate_units=loaded.units, surrogate_kwargs=kwargs)
-    return surrogate, attrs
+    return surrogate, attrs, loaded.extra
 
 
 def build_stepper(cfg: DictConfig, data_attrs: dict[str, Any], device: Any,
@@ -91,17 +91,19 @@ def build_stepper(cfg: DictConfig, data_attrs: dict[str, Any], device: Any,
     from sns.export import file_sha256, load_model
     from sns.methods import StepperContext, get_method, method_of
 
-    surrogate = None
+    surrogate = s_extra = None
     attrs: dict[str, Any] = {"surrogate": None, "denoiser": None, "surrogate_sha256": None,
                              "denoiser_sha256": None}
     if cfg.surrogate is not None:
-        surrogate, sur_attrs = _load_surrogate(cfg, data_attrs, device, state_shape)
+        surrogate, sur_attrs, s_extra = _load_surrogate(cfg, data_attrs, device, state_shape)
         attrs.update(sur_attrs)
     model = d_extra = None
     if cfg.denoiser is None:
         if surrogate is None:
             raise ValueError("nothing to roll out: give surrogate=<file> and/or denoiser=<file>")
-        method = get_method(cfg.get("method") or "surrogate")
+        # the surrogate alone: its file's method (a Neural ODE export records task neural_ode)
+        alone = method_of(s_extra).name if s_extra is not None and "task" in s_extra else "surrogate"
+        method = get_method(cfg.get("method") or alone)
         if method.needs_model:
             raise ValueError(f"method {method.name!r} needs denoiser=<file> (sns-train task={method.train_task})")
     else:
