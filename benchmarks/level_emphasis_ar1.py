@@ -32,7 +32,6 @@ def train(seed: int, weights, steps: int, adjust: bool = True):
     from test_levels import D, S, ar1_pairs
 
     import sns.diffusion.loss as loss_module
-
     from sns.diffusion import cosine_schedule, pair_dsm_loss
     from sns.nets.mlp import MLPPairDenoiser
 
