@@ -98,12 +98,36 @@ def fixed_level_rmse(sur, den, sch, x_prev, x_next, seed: int, levels=(0, 10, 20
     out = {}
     steppers = {"surrogate": sur} | {f"({i},{i})": SNSRefiner(den, sch, surrogate=sur, path="A", fixed_levels=(i, i),
                                                              n_moves=1) for i in levels}
-    for name, step in steppers.items():
-        g, se = torch.Generator().manual_seed(seed), 0.0
-        for a in range(0, len(x_prev), batch):
-            y = step(x_prev[a:a + batch]) if name == "surrogate" else step(x_prev[a:a + batch], generator=g)
-            se += float(((y - x_next[a:a + batch]) ** 2).double().sum())
-        out[name] = (se / x_next.numel()) ** 0.5
+    with torch.no_grad():
+        for name, step in steppers.items():
+            g, se = torch.Generator().manual_seed(seed), 0.0
+            for a in range(0, len(x_prev), batch):
+                y = step(x_prev[a:a + batch]) if name == "surrogate" else step(x_prev[a:a + batch], generator=g)
+                se += float(((y - x_next[a:a + batch]) ** 2).double().sum())
+            out[name] = (se / x_next.numel()) ** 0.5
+    return out
+
+
+def noise_detectability(states: np.ndarray, sigmas: dict[str, float]) -> dict[str, float]:
+    """How visible white noise of std ``sigma`` is in a single state (normalised ``(M, N, N)``).
+
+    A level head that reads a state's noise has to tell the added variance in some band of
+    wavenumbers from the band variance the clean states themselves carry, which varies from state
+    to state.  Per ``sigma``: the added band variance over the clean states' standard deviation of
+    it, for the best of the bands ``|k| >= N/4``, ``|k| >= 3N/8`` and the corners ``|k| > N/2``
+    (~1 or more: visible in one state; << 1: not).
+    """
+    n = states.shape[-1]
+    k = np.fft.fftfreq(n, 1 / n)
+    kk = np.hypot(*np.meshgrid(k, k, indexing="ij"))
+    power = np.abs(np.fft.fft2(states) / n) ** 2  # Parseval: mean(x^2) = sum(power) / n^2
+    out = {}
+    for name, sigma in sigmas.items():
+        best = 0.0
+        for band in (kk >= n / 4, kk >= 3 * n / 8, kk > n / 2):
+            spread = float((power[:, band].sum(1) / n**2).std())
+            best = max(best, sigma**2 * float(band.mean()) / spread)
+        out[name] = best
     return out
 
 
@@ -206,12 +230,20 @@ def main() -> None:
             acc = head_accuracy(den, sch, *sub)
         sigma_p = calibrate_proposal_sigma(sur, *pairs, batch=256)
         one_step = fixed_level_rmse(sur, den, sch, *sub, seed=seed)
+        seen = noise_detectability(sub[1][:, 0].double().numpy(), {
+            str(i): float(((1 - sch.abar[i]) / sch.abar[i]).sqrt()) for i in (20, 30, 40, 50, 60)})
         q = lambda v: float(v.double().median())
         diag.setdefault("surrogate / log-sigma", []).append({
             "rmse": sigma_p / 2**0.5, "clean_i2": q(i2c), "clean_i1": q(i1c), "prop_i2": q(i2p), "prop_i1": q(i1p),
             "k2": k2, "k1": k1, "prop_i1_p90": float(i1p.double().quantile(0.9)),
             "acc_levels": acc["levels"].tolist(), "acc_i2": acc["i2"].tolist(), "acc_i1": acc["i1"].tolist(),
-            "one_step": one_step})
+            "one_step": one_step, "detectability": seen})
+        if seed_file.exists():  # refresh the stored diagnostics (also when --only selects no row)
+            stored = json.loads(seed_file.read_text())
+            stored["diag"] = {k: v[-1:] for k, v in diag.items()}
+            tmp = seed_file.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(stored))
+            tmp.replace(seed_file)
         steppers = methods(sur, den, sch, args.n_moves, sigma_p)
         if args.precision != "fp32":  # the same models under autocast, after their fp32 rows
             from sns.precision import MixedPrecision
@@ -278,6 +310,14 @@ def main() -> None:
                   "surrogate's proposal, and that proposal refined at fixed levels (i, i), 1 move per leg:\n\n| "
                   + " | ".join(lv) + " |\n" + "|---" * len(lv) + "|\n| "
                   + " | ".join(f"{np.mean([d['one_step'][v] for d in ds]):.4f}" for v in lv) + " |")
+    for k, ds in diag.items():  # can a single state show the noise at all? (valid states)
+        ds = [d for d in ds if "detectability" in d]
+        if ds:
+            lv = list(ds[0]["detectability"])
+            print(f"\nwhite noise at level i in one valid state: added band variance / the clean states' spread "
+                  f"of it (best band; noise_detectability; {k}, mean over {len(ds)} seed(s)):\n\n| "
+                  + " | ".join(f"i = {v}" for v in lv) + " |\n" + "|---" * len(lv) + "|\n| "
+                  + " | ".join(f"{np.mean([d['detectability'][v] for d in ds]):.2f}" for v in lv) + " |")
     print(f"\n| method | completed | stable steps (min) | calls/step | worst shell | shells > {args.tol:g} "
           f"| worst shell, last fifth | enstrophy ratio | enstrophy ratio, last fifth | ms/step |")
     print("|---" * 10 + "|")
