@@ -108,29 +108,6 @@ def fixed_level_rmse(sur, den, sch, x_prev, x_next, seed: int, levels=(0, 10, 20
     return out
 
 
-def noise_detectability(states: np.ndarray, sigmas: dict[str, float]) -> dict[str, float]:
-    """How visible white noise of std ``sigma`` is in a single state (normalised ``(M, N, N)``).
-
-    A level head that reads a state's noise has to tell the added variance in some band of
-    wavenumbers from the band variance the clean states themselves carry, which varies from state
-    to state.  Per ``sigma``: the added band variance over the clean states' standard deviation of
-    it, for the best of the bands ``|k| >= N/4``, ``|k| >= 3N/8`` and the corners ``|k| > N/2``
-    (~1 or more: visible in one state; << 1: not).
-    """
-    n = states.shape[-1]
-    k = np.fft.fftfreq(n, 1 / n)
-    kk = np.hypot(*np.meshgrid(k, k, indexing="ij"))
-    power = np.abs(np.fft.fft2(states) / n) ** 2  # Parseval: mean(x^2) = sum(power) / n^2
-    out = {}
-    for name, sigma in sigmas.items():
-        best = 0.0
-        for band in (kk >= n / 4, kk >= 3 * n / 8, kk > n / 2):
-            spread = float((power[:, band].sum(1) / n**2).std())
-            best = max(best, sigma**2 * float(band.mean()) / spread)
-        out[name] = best
-    return out
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=REPO / "outputs" / "bench-sns-kolmogorov")
@@ -220,7 +197,12 @@ def main() -> None:
         (sur, _), (den, xl) = load_model(files["sur"]), load_model(files["log"])
         sch = load_schedule(xl)
         with torch.no_grad():
-            from sns.refine import calibrate_skip_threshold, estimate_levels, head_accuracy
+            from sns.refine import (
+                calibrate_skip_threshold,
+                estimate_levels,
+                head_accuracy,
+                noise_detectability,
+            )
 
             sub = (pairs[0][::4], pairs[1][::4])
             prop = torch.cat([sur(sub[0][a:a + 256]) for a in range(0, len(sub[0]), 256)])
@@ -230,8 +212,8 @@ def main() -> None:
             acc = head_accuracy(den, sch, *sub)
         sigma_p = calibrate_proposal_sigma(sur, *pairs, batch=256)
         one_step = fixed_level_rmse(sur, den, sch, *sub, seed=seed)
-        seen = noise_detectability(sub[1][:, 0].double().numpy(), {
-            str(i): float(((1 - sch.abar[i]) / sch.abar[i]).sqrt()) for i in (20, 30, 40, 50, 60)})
+        seen = noise_detectability(sub[1], sch, levels=[20, 30, 40, 50, 60])
+        seen = {str(int(i)): float(r) for i, r in zip(seen["levels"], seen["ratio"])}
         q = lambda v: float(v.double().median())
         diag.setdefault("surrogate / log-sigma", []).append({
             "rmse": sigma_p / 2**0.5, "clean_i2": q(i2c), "clean_i1": q(i1c), "prop_i2": q(i2p), "prop_i1": q(i1p),
@@ -315,7 +297,7 @@ def main() -> None:
         if ds:
             lv = list(ds[0]["detectability"])
             print(f"\nwhite noise at level i in one valid state: added band variance / the clean states' spread "
-                  f"of it (best band; noise_detectability; {k}, mean over {len(ds)} seed(s)):\n\n| "
+                  f"of it (best band; sns.refine.noise_detectability; {k}, mean over {len(ds)} seed(s)):\n\n| "
                   + " | ".join(f"i = {v}" for v in lv) + " |\n" + "|---" * len(lv) + "|\n| "
                   + " | ".join(f"{np.mean([d['detectability'][v] for d in ds]):.2f}" for v in lv) + " |")
     print(f"\n| method | completed | stable steps (min) | calls/step | worst shell | shells > {args.tol:g} "

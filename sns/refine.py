@@ -37,7 +37,8 @@ from sns.diffusion.schedules import Schedule
 from sns.nets.base import PairDenoiser
 
 __all__ = ["NearestStateGuard", "SNSRefiner", "calibrate_proposal_sigma", "calibrate_skip_threshold",
-           "clean_conditioning_from_settings", "estimate_levels", "from_settings", "head_accuracy"]
+           "clean_conditioning_from_settings", "estimate_levels", "from_settings", "head_accuracy",
+           "noise_detectability"]
 
 PathFn = Callable[[Tensor, Tensor, int], Path]  #: (s1, s2, S) start coordinates -> Path
 
@@ -113,6 +114,49 @@ def head_accuracy(denoiser: PairDenoiser, schedule: Schedule, x_prev: Tensor, x_
         err2.append(e2 / len(x_prev))
         err1.append(e1 / len(x_prev))
     return {"levels": lv, "i2": torch.tensor(err2), "i1": torch.tensor(err1)}
+
+
+@torch.no_grad()
+def noise_detectability(states: Tensor, schedule: Schedule, levels: Tensor | list[int] | None = None) -> dict[str, Tensor]:
+    """How visible white noise of each table level is in *one* clean field state: the floor under
+    any level head that reads a state's noise (``benchmarks/RESULTS.md``, issue 14).
+
+    A head can only tell noise of std ``sigma`` from a clean state if the variance the noise adds
+    to some band of wavenumbers stands out against the band variance clean states carry, which
+    varies from state to state.  For each level ``i`` (default: every tenth level and the top), with
+    ``sigma_i = sqrt((1 - abar_i) / abar_i)`` the noise-to-signal ratio of the level: the band
+    variance the noise adds over the clean states' standard deviation of it, for the best of the
+    bands ``|k| >= N/4``, ``|k| >= 3N/8`` and the corners ``|k| > N/2`` (~1 or more: visible in a
+    single state; << 1: invisible, whatever the head's training).  For white-noise states of unit
+    variance it is ``sigma^2 sqrt(m / 2)`` for a band of ``m`` modes.
+
+    Args:
+        states: clean states ``(M, ..., H, W)`` with ``H == W`` (normalised like the training data,
+            e.g. the valid split; channels are pooled), ``M >= 2``.
+        schedule: the denoiser's schedule.
+        levels: table levels to report.
+
+    Returns ``{"levels", "sigma", "ratio"}``, each ``(L,)``.
+    """
+    if states.ndim < 3 or states.shape[-1] != states.shape[-2] or states.shape[0] < 2:
+        raise ValueError("noise_detectability needs at least 2 square field states (M, ..., N, N), "
+                         f"got shape {tuple(states.shape)}")
+    S = schedule.n_levels
+    lv = torch.as_tensor(levels if levels is not None else sorted({*range(0, S, 10), S - 1}), dtype=torch.long)
+    if lv.ndim != 1 or lv.numel() == 0 or bool(((lv < 0) | (lv >= S)).any()):
+        raise ValueError(f"levels must be table levels in [0, {S}), got {lv.tolist()}")
+    n = states.shape[-1]
+    x = states.detach().to("cpu", torch.float64).reshape(states.shape[0], -1, n, n)
+    power = (torch.fft.fft2(x).abs() / n) ** 2  # Parseval: mean(x^2) = sum(power) / n^2 per channel
+    k = torch.fft.fftfreq(n, 1 / n, dtype=torch.float64)
+    kk = torch.hypot(k[:, None], k[None, :])
+    abar = schedule.abar.detach().to("cpu", torch.float64)[lv]
+    sigma = ((1 - abar) / abar).sqrt()
+    ratio = torch.zeros(len(lv), dtype=torch.float64)
+    for band in (kk >= n / 4, kk >= 3 * n / 8, kk > n / 2):
+        spread = (power[..., band].sum(-1) / n**2).std(0).mean()  # state-to-state, pooled over channels
+        ratio = torch.maximum(ratio, sigma**2 * band.double().mean() / spread)
+    return {"levels": lv, "sigma": sigma, "ratio": ratio}
 
 
 @torch.no_grad()

@@ -191,3 +191,31 @@ def test_head_accuracy_reads_an_oracle_as_exact_and_a_constant_as_off():
     assert const["i2"].tolist() == [50.0, 40.0, 20.0, 0.0] == const["i1"].tolist()
     with pytest.raises(ValueError, match="levels must be table levels"):
         head_accuracy(_VarianceOracle(sch), sch, zeros, zeros, levels=[100])
+
+
+def test_noise_detectability_of_white_and_smooth_fields():
+    """White-noise states: the added band variance over the states' spread is sigma^2 sqrt(m / 2)
+    for a band of m modes (pairs of conjugate modes: Var = 2 m / N^4); the widest band wins.
+    Smooth states (no energy above |k| = 2): any noise stands out."""
+    from sns.diffusion import log_sigma_schedule
+    from sns.refine import noise_detectability
+
+    n, sch = 16, log_sigma_schedule(100, 1e-3, 80.0)
+    g = torch.Generator().manual_seed(0)
+    white = torch.randn(4000, 1, n, n, generator=g)
+    out = noise_detectability(white, sch, levels=[30, 40, 50])
+    k = torch.fft.fftfreq(n, 1 / n)
+    m = int((torch.hypot(k[:, None], k[None, :]) >= n / 4).sum())
+    expected = out["sigma"] ** 2 * (m / 2) ** 0.5
+    torch.testing.assert_close(out["ratio"], expected, rtol=0.06, atol=0.0)
+    assert torch.allclose(out["sigma"], ((1 - sch.abar[[30, 40, 50]]) / sch.abar[[30, 40, 50]]).double().sqrt())
+    # smooth states: a few low modes with random amplitudes
+    y = torch.arange(n, dtype=torch.float64) * 2 * torch.pi / n
+    a = torch.randn(200, 3, generator=g, dtype=torch.float64)
+    smooth = (a[:, 0, None, None] * torch.cos(y)[None, :, None] + a[:, 1, None, None] * torch.sin(2 * y)[None, None, :]
+              + a[:, 2, None, None] * torch.cos(y[:, None] + y[None, :]))
+    assert (noise_detectability(smooth, sch, levels=[20])["ratio"] > 1e6).all()
+    with pytest.raises(ValueError, match="square field states"):
+        noise_detectability(torch.randn(10, 3), sch)
+    with pytest.raises(ValueError, match="table levels"):
+        noise_detectability(white, sch, levels=[100])
