@@ -289,12 +289,15 @@ class KolmogorovFlow:
         # b_s = gamma_s dt / (1 - mu_s L).
         al, be, ga = (CN_RK4_COEFFICIENTS[k] for k in ("alphas", "betas", "gammas"))
         self._betas = be
+        # Stored complex (imaginary part 0): a real factor times a complex state would be cast to
+        # complex, a fresh tensor, at every multiply (15 per step).
         self._stage_a, self._stage_b = [], []
         for s in range(len(be)):
             mu = 0.5 * self.dt * (al[s + 1] - al[s])
             denom = 1.0 - mu * lin
-            self._stage_a.append(((1.0 + mu * lin) / denom).to(dtype=self.dtype, device=dev))
-            self._stage_b.append((ga[s] * self.dt / denom).to(dtype=self.dtype, device=dev))
+            self._stage_a.append(((1.0 + mu * lin) / denom).to(dtype=cdtype, device=dev))
+            self._stage_b.append((ga[s] * self.dt / denom).to(dtype=cdtype, device=dev))
+        self._mask_c = mask.to(dtype=cdtype, device=dev)
         self._divergence = float(full_spectrum_sum(lin))
         self._resolved_divergence = float(full_spectrum_sum(lin * support))
         finfo = torch.finfo(self.dtype)
@@ -353,8 +356,9 @@ class KolmogorovFlow:
         """Masked advection plus forcing, ``mask * F[-u.grad w] + F[forcing]``, spectral."""
         fields = torch.fft.irfft2(w_hat.unsqueeze(-3) * self._uv_grad_ops, s=(self.n, self.n))
         ux, uy, wx, wy = fields.unbind(-3)
-        advection = -(ux * wx + uy * wy)
-        return torch.fft.rfft2(advection) * self._mask + self._forcing_hat
+        u_grad_w = torch.addcmul(ux * wx, uy, wy)  # the advection is -(u . grad w)
+        # in place on the fresh transform (autograd-safe: nothing here saves it)
+        return torch.fft.rfft2(u_grad_w).mul_(self._mask_c).neg_().add_(self._forcing_hat)
 
     def _flush(self, w_hat: Tensor) -> Tensor:
         """Zero the real and imaginary parts below ``finfo.tiny / finfo.eps`` (no subnormals)."""
@@ -367,8 +371,8 @@ class KolmogorovFlow:
             h = None
             for s, beta in enumerate(self._betas):
                 f = self.explicit_terms(w_hat)
-                h = f if h is None else f + beta * h
-                w_hat = self._stage_a[s] * w_hat + self._stage_b[s] * h
+                h = f if h is None else f.add_(h, alpha=beta)  # f is fresh: h <- f + beta h
+                w_hat = torch.addcmul(self._stage_b[s] * h, self._stage_a[s], w_hat)
             w_hat = self._flush(w_hat)
         return w_hat
 
