@@ -275,6 +275,29 @@ def test_resume_after_kill_between_data_and_commit(tmp_path, monkeypatch):
     _assert_same_as_reference(path, res, ref)
 
 
+def test_resume_removes_zarr_key_temps_left_by_a_kill(tmp_path):
+    """zarr's LocalStore writes a key to ``<key>.<hex>.partial`` and renames it: a SIGKILL in
+    between leaves the temp file (found by the kill -9 suite, tests/test_faults.py).  The resumed
+    run removes such files and equals an uninterrupted run; other files are left alone."""
+    x0, path = x0_field(), tmp_path / "temps.zarr"
+    ref = _reference(tmp_path, x0, 33, 8, seed=12)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        rollout(OU(fail_at=20), x0, 33, store=path, chunk=8, seed=12, callbacks=[RunningMoments(), RMSSeries()])
+    temps = [path / "zarr.0123456789abcdef0123456789abcdef.partial",
+             path / "state" / "zarr.fedcba9876543210fedcba9876543210.partial"]
+    for t in temps:
+        t.write_bytes(b'{"half a')
+    kept = path / "notes.partial"  # not a zarr temp: not ours to delete
+    kept.write_text("user file")
+    stepper = OU()
+    stepper.n_calls = 15
+    res = rollout(stepper, x0, 33, store=path, chunk=8, seed=12, callbacks=[RunningMoments(), RMSSeries()])
+    assert res.resumed_from == 15
+    assert not any(t.exists() for t in temps) and kept.exists()
+    kept.unlink()
+    _assert_same_as_reference(path, res, ref)
+
+
 def test_time_limit_and_repeated_resume(tmp_path):
     x0, path = x0_field(), tmp_path / "cap.zarr"
     ref = _reference(tmp_path, x0, 12, 5, seed=4)

@@ -11,6 +11,7 @@ import base64
 import glob
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -29,6 +30,8 @@ from sns.data import schema
 from sns.rollout.callbacks import callback_states
 
 __all__ = ["STATUSES", "MemorySink", "ZarrSink", "default_dims", "open_rollout"]
+
+_ZARR_TEMP = re.compile(r"\.[0-9a-f]{32}\.partial$")  #: a per-key temp of zarr.storage.LocalStore
 
 # Names shared by writer and readers (dims declared once, in sns.data.schema).
 TRAJECTORY_DIM = schema.TRAJECTORY
@@ -258,6 +261,12 @@ class ZarrSink:
                 f"{path} exists and is not a zarr store; choose another path"
                 " (overwrite=True never deletes a directory that is not a zarr store)"
             )
+        # zarr's LocalStore writes each key to ``<key>.<hex>.partial`` and renames it into place:
+        # a SIGKILL in between leaves the temp file (the key keeps its old value, so resuming is
+        # exact); only one rollout writes a store at a time, so none of them is in use
+        for tmp in path.rglob("*.partial"):
+            if _ZARR_TEMP.search(tmp.name) and tmp.is_file():
+                tmp.unlink(missing_ok=True)
         root = zarr.open_group(str(path), mode="r+", zarr_format=3)
         if ATTR_PREFIX + "config" not in root.attrs:
             raise ValueError(
