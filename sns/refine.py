@@ -92,9 +92,7 @@ def head_accuracy(denoiser: PairDenoiser, schedule: Schedule, x_prev: Tensor, x_
     held-out pairs (e.g. the valid split), normalised like the training data.
     """
     S = schedule.n_levels
-    lv = torch.as_tensor(levels if levels is not None else sorted({*range(0, S, 10), S - 1}), dtype=torch.long)
-    if lv.ndim != 1 or lv.numel() == 0 or bool(((lv < 0) | (lv >= S)).any()):
-        raise ValueError(f"levels must be table levels in [0, {S}), got {lv.tolist()}")
+    lv = _report_levels(levels, S)
     if x_prev.shape != x_next.shape or x_prev.shape[0] < 1:
         raise ValueError(f"need non-empty pairs of equal shape, got {tuple(x_prev.shape)} and {tuple(x_next.shape)}")
     g = torch.Generator(device=x_prev.device).manual_seed(seed)
@@ -114,6 +112,14 @@ def head_accuracy(denoiser: PairDenoiser, schedule: Schedule, x_prev: Tensor, x_
         err2.append(e2 / len(x_prev))
         err1.append(e1 / len(x_prev))
     return {"levels": lv, "i2": torch.tensor(err2), "i1": torch.tensor(err1)}
+
+
+def _report_levels(levels: Tensor | list[int] | None, S: int) -> Tensor:
+    """The table levels a diagnostic reports, ``(L,)``: ``levels``, or every tenth level and the top."""
+    lv = torch.as_tensor(levels if levels is not None else sorted({*range(0, S, 10), S - 1}), dtype=torch.long)
+    if lv.ndim != 1 or lv.numel() == 0 or bool(((lv < 0) | (lv >= S)).any()):
+        raise ValueError(f"levels must be table levels in [0, {S}), got {lv.tolist()}")
+    return lv
 
 
 @torch.no_grad()
@@ -142,9 +148,7 @@ def noise_detectability(states: Tensor, schedule: Schedule, levels: Tensor | lis
         raise ValueError("noise_detectability needs at least 2 square field states (M, ..., N, N), "
                          f"got shape {tuple(states.shape)}")
     S = schedule.n_levels
-    lv = torch.as_tensor(levels if levels is not None else sorted({*range(0, S, 10), S - 1}), dtype=torch.long)
-    if lv.ndim != 1 or lv.numel() == 0 or bool(((lv < 0) | (lv >= S)).any()):
-        raise ValueError(f"levels must be table levels in [0, {S}), got {lv.tolist()}")
+    lv = _report_levels(levels, S)
     n = states.shape[-1]
     x = states.detach().to("cpu", torch.float64).reshape(states.shape[0], -1, n, n)
     power = (torch.fft.fft2(x).abs() / n) ** 2  # Parseval: mean(x^2) = sum(power) / n^2 per channel

@@ -49,8 +49,9 @@ def _check_norm(name: str, extra: dict[str, Any], data_attrs: dict[str, Any]) ->
 
 def _load_surrogate(cfg: DictConfig, data_attrs: dict[str, Any], device: Any,
                     state_shape: tuple[int, ...] | None) -> tuple[Any, dict[str, Any], dict[str, Any] | None]:
-    """``(stepper, attrs, file metadata or None)`` of ``cfg.surrogate``: the surrogate (sns export, torch.export / TorchScript file or import path,
-    :func:`sns.surrogates.loading.load_surrogate`) as a stepper on the data set's normalised states:
+    """``(stepper, attrs, file metadata or None)`` of ``cfg.surrogate`` (sns export, torch.export /
+    TorchScript file or import path, :func:`sns.surrogates.loading.load_surrogate`): the stepper
+    works on the data set's normalised states:
     a physical-units model (``surrogate_units=physical``) is wrapped in
     :class:`~sns.surrogates.loading.NormalisedView` with the data set's normalisation."""
     from sns.surrogates.loading import NormalisedView, load_surrogate, norm_tensors

@@ -34,6 +34,8 @@ constant and the loss is exactly the uniform one.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -107,7 +109,7 @@ def emphasis_weights(n_levels: int, low: int, high: int, factor: float) -> Tenso
     """
     if not (0 <= low <= high < n_levels):
         raise ValueError(f"emphasis band must satisfy 0 <= low <= high < S = {n_levels}, got low={low}, high={high}")
-    if not factor > 0 or not torch.isfinite(torch.tensor(float(factor))):
+    if not (factor > 0 and math.isfinite(factor)):
         raise ValueError(f"emphasis factor must be a positive finite number, got {factor!r}")
     w = torch.ones(n_levels, dtype=torch.float64)
     w[low:high + 1] = float(factor)

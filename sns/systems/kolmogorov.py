@@ -272,7 +272,7 @@ class KolmogorovFlow:
         self._uv_grad_ops = ops.to(dtype=cdtype, device=dev)  # (4, n, n//2+1)
         mask = dealias_mask(n, self.dealias, dtype=f64)
         support = (mask > 0).to(f64)
-        self._mask = mask.to(dtype=self.dtype, device=dev)
+        self._mask = mask.to(dtype=cdtype, device=dev)  # complex, like the stage factors below
         self._support = support.to(dtype=self.dtype, device=dev)
         if support[self.forcing_wavenumber, 0] == 0:
             raise ValueError(
@@ -297,7 +297,6 @@ class KolmogorovFlow:
             denom = 1.0 - mu * lin
             self._stage_a.append(((1.0 + mu * lin) / denom).to(dtype=cdtype, device=dev))
             self._stage_b.append((ga[s] * self.dt / denom).to(dtype=cdtype, device=dev))
-        self._mask_c = mask.to(dtype=cdtype, device=dev)
         self._divergence = float(full_spectrum_sum(lin))
         self._resolved_divergence = float(full_spectrum_sum(lin * support))
         finfo = torch.finfo(self.dtype)
@@ -358,7 +357,7 @@ class KolmogorovFlow:
         ux, uy, wx, wy = fields.unbind(-3)
         u_grad_w = torch.addcmul(ux * wx, uy, wy)  # the advection is -(u . grad w)
         # in place on the fresh transform (autograd-safe: nothing here saves it)
-        return torch.fft.rfft2(u_grad_w).mul_(self._mask_c).neg_().add_(self._forcing_hat)
+        return torch.fft.rfft2(u_grad_w).mul_(self._mask).neg_().add_(self._forcing_hat)
 
     def _flush(self, w_hat: Tensor) -> Tensor:
         """Zero the real and imaginary parts below ``finfo.tiny / finfo.eps`` (no subnormals)."""
