@@ -33,10 +33,11 @@ from torch import Tensor, nn
 
 from sns.diffusion.noising import noise_state, randn_like
 from sns.diffusion.paths import PATHS, Path, level_to_coord, make_path, traverse
+from sns.diffusion.sampling import ModeVariance
 from sns.diffusion.schedules import Schedule
 from sns.nets.base import PairDenoiser
 
-__all__ = ["NearestStateGuard", "SNSRefiner", "calibrate_proposal_sigma", "calibrate_skip_threshold",
+__all__ = ["NearestStateGuard", "SNSRefiner", "calibrate_proposal_sigma", "calibrate_skip_threshold", "calibrate_x0_variance",
            "clean_conditioning_from_settings", "estimate_levels", "from_settings", "head_accuracy",
            "noise_detectability"]
 
@@ -187,6 +188,23 @@ def calibrate_proposal_sigma(surrogate: nn.Module | Callable[[Tensor], Tensor], 
     return factor * (sq / x_next.numel()) ** 0.5
 
 
+@torch.no_grad()
+def calibrate_x0_variance(surrogate: nn.Module | Callable[[Tensor], Tensor], x_prev: Tensor, x_next: Tensor,
+                          spatial_dims: int = 0, batch: int = 8192) -> ModeVariance:
+    """The law of ``x_t`` given ``x_{t-1}`` per mode, for :class:`SNSRefiner`'s ``x0_var``: the
+    per-mode second moment of the surrogate's residuals ``x_t - F(x_{t-1})`` on the given pairs
+    (normalised units, e.g. the valid split; :meth:`ModeVariance.from_samples`).
+
+    It is the conditional variance if ``F`` is the conditional mean, and an upper bound otherwise
+    (the surrogate's own error counts as spread).  ``spatial_dims = 2`` for fields ``(B, C, H, W)``
+    (per Fourier mode), 0 for vector states (per coordinate).
+    """
+    if x_prev.shape != x_next.shape or x_prev.shape[0] < 2:
+        raise ValueError(f"need at least 2 pairs of equal shape, got {tuple(x_prev.shape)} and {tuple(x_next.shape)}")
+    res = torch.cat([x_next[k:k + batch] - surrogate(x_prev[k:k + batch]) for k in range(0, len(x_prev), batch)])
+    return ModeVariance.from_samples(res, spatial_dims)
+
+
 class NearestStateGuard:
     """A floor on the refinement levels from how far ``x_{t-1}`` lies from the data.
 
@@ -310,6 +328,10 @@ class SNSRefiner(nn.Module):
         state_guard: a callable mapping the normalised ``x_{t-1}`` ``(B, *state)`` to a floor on
             both levels ``(B,)`` (e.g. :class:`NearestStateGuard`): where it is positive the sample
             is refined from at least that level, whatever the heads read and ``skip_threshold``.
+        x0_var: variance-corrected moves of ``x_t`` (:class:`~sns.diffusion.sampling.ModeVariance`
+            in the denoiser's normalised units, e.g. :func:`calibrate_x0_variance`): a strided
+            move returns the posterior mean of the small scales its start level hid, i.e. a
+            smoothed ``x_t``; this adds back that spread under a Gaussian law per mode.
 
     Attributes after each call: ``last_levels`` (``(i2, i1)``, each ``(B,)``),
     ``last_calls`` (``(B,)`` denoiser calls per sample), ``last_refined`` (``(B,)`` bool);
@@ -333,6 +355,7 @@ class SNSRefiner(nn.Module):
         eta: float = 1.0,
         couple_levels: bool = False,
         state_guard: Callable[[Tensor], Tensor] | None = None,
+        x0_var: ModeVariance | None = None,
     ) -> None:
         super().__init__()
         S = schedule.n_levels
@@ -352,9 +375,9 @@ class SNSRefiner(nn.Module):
                 raise ValueError(f"skip_threshold must be a non-negative integer, a pair (k2, k1) of them, or None, "
                                  f"got {skip_threshold!r}")
             skip_threshold = pair
-        if fixed_levels is not None:
-            if len(fixed_levels) != 2 or not all(isinstance(v, int) and 0 <= v < S for v in fixed_levels):
-                raise ValueError(f"fixed_levels must be two integer levels (i2, i1) in [0, {S}), got {fixed_levels!r}")
+        if fixed_levels is not None and (
+                len(fixed_levels) != 2 or not all(isinstance(v, int) and 0 <= v < S for v in fixed_levels)):
+            raise ValueError(f"fixed_levels must be two integer levels (i2, i1) in [0, {S}), got {fixed_levels!r}")
         if clamp is not None and not clamp > 0:
             raise ValueError(f"clamp must be positive or None, got {clamp!r}")
         if n_moves is not None and (not isinstance(n_moves, int) or n_moves < 1):
@@ -377,6 +400,9 @@ class SNSRefiner(nn.Module):
         if state_guard is not None and not callable(state_guard):
             raise TypeError(f"state_guard must be callable (states -> levels), got {type(state_guard).__name__}")
         self.state_guard = state_guard
+        if x0_var is not None and not isinstance(x0_var, ModeVariance):
+            raise TypeError(f"x0_var must be a sns.diffusion.ModeVariance or None, got {type(x0_var).__name__}")
+        self.x0_var = x0_var
         self.register_buffer("shift", torch.as_tensor(shift, dtype=torch.float32), persistent=False)
         self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32), persistent=False)
         if not bool((self.scale > 0).all()):
@@ -552,7 +578,8 @@ class SNSRefiner(nn.Module):
             if self.surrogate is not None:
                 xn, _ = noise_state(self.schedule, xn, i1[idx], generator=generator)
             path = self._path(level_to_coord(i1[idx].cpu()), level_to_coord(i2[idx].cpu()))
-            result = traverse(self.denoiser, self.schedule, xp, xn, path, self.clamp, generator, eta=self.eta)
+            result = traverse(self.denoiser, self.schedule, xp, xn, path, self.clamp, generator, eta=self.eta,
+                              x0_var=self.x0_var)
             out[idx] = result.x_next
             calls[idx] += result.calls.to(calls.device)
         self.last_levels, self.last_calls, self.last_refined = (i2, i1), calls, refine
@@ -563,7 +590,8 @@ class SNSRefiner(nn.Module):
 
 #: Options of ``sns-rollout refiner.*`` (conf/rollout.yaml documents each).
 DEFAULTS: dict[str, Any] = {"path": "A", "proposal_sigma": 0.0, "skip_threshold": None, "n_moves": None, "eta": 1.0,
-                            "couple_levels": False, "fixed_levels": None, "clamp": None, "state_guard": False}
+                            "couple_levels": False, "fixed_levels": None, "clamp": None, "state_guard": False,
+                            "x0_var": None}
 
 
 def from_settings(model: PairDenoiser, extra: dict[str, Any], surrogate: Any, settings: dict[str, Any],
@@ -573,8 +601,12 @@ def from_settings(model: PairDenoiser, extra: dict[str, Any], surrogate: Any, se
     ``context`` (:class:`sns.methods.StepperContext`): ``proposal_sigma: auto`` is sqrt(2) x the
     surrogate's one-step RMSE on up to 4096 valid pairs (:func:`calibrate_proposal_sigma`);
     ``state_guard: true`` (or a quantile in (0, 1]) is :class:`NearestStateGuard` calibrated on
-    the train split (reference) and the valid split (threshold, level table).  The recorded
-    settings add ``proposal_sigma_auto`` and ``state_guard_threshold`` where they apply."""
+    the train split (reference) and the valid split (threshold, level table); ``x0_var:
+    residual`` is the surrogate's residual spectrum on up to 4096 valid pairs
+    (:func:`calibrate_x0_variance`), ``x0_var: table`` the denoiser's per-level x0 error spectrum
+    on up to 256 valid pairs (:meth:`~sns.diffusion.sampling.ModeVariance.from_denoiser`, S calls
+    per pair).  The recorded settings add ``proposal_sigma_auto`` and ``state_guard_threshold``
+    where they apply."""
     from sns.export import load_schedule
 
     unknown = sorted(set(settings) - set(DEFAULTS))
@@ -598,10 +630,29 @@ def from_settings(model: PairDenoiser, extra: dict[str, Any], surrogate: Any, se
     if r["state_guard"] not in (None, False):
         guard = _state_guard(schedule, r["state_guard"], context)
         r["state_guard_threshold"] = guard.threshold  # recorded: the distance beyond which it fires
+    x0_var = _x0_variance(model, schedule, surrogate, r["x0_var"], context)
     step = SNSRefiner(model, schedule, surrogate=surrogate, path=r["path"], proposal_sigma=float(r["proposal_sigma"]),
                       skip_threshold=skip, fixed_levels=fixed, clamp=r["clamp"], n_moves=r["n_moves"],
-                      eta=float(r["eta"]), couple_levels=bool(r["couple_levels"]), state_guard=guard)
+                      eta=float(r["eta"]), couple_levels=bool(r["couple_levels"]), state_guard=guard, x0_var=x0_var)
     return step, r
+
+
+def _x0_variance(model: PairDenoiser, schedule: Schedule, surrogate: Any, setting: Any,
+                 context: Any) -> ModeVariance | None:
+    """``refiner.x0_var``: None, ``residual`` or ``table``, calibrated on the valid split."""
+    if setting is None:
+        return None
+    if setting not in ("residual", "table"):
+        raise ValueError(f"refiner.x0_var must be null, 'residual' or 'table', got {setting!r}")
+    shape = context.state_shape("valid")
+    spatial_dims = len(shape) - 1 if len(shape) > 1 else 0  # (C, H, W) fields: per Fourier mode
+    if setting == "residual":
+        if surrogate is None:
+            raise ValueError("refiner.x0_var=residual needs a surrogate (its residual spectrum)")
+        return calibrate_x0_variance(surrogate, *context.pairs("valid"), spatial_dims=spatial_dims, batch=256)
+    x_prev, x_next = context.pairs("valid", max_pairs=256)
+    return ModeVariance.from_denoiser(model, schedule, x_prev, x_next, spatial_dims=spatial_dims, batch=128,
+                                      generator=torch.Generator(device=x_next.device).manual_seed(0))
 
 
 def _state_guard(schedule: Schedule, setting: Any, context: Any, max_states: int = 100_000) -> NearestStateGuard:

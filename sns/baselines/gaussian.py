@@ -4,6 +4,9 @@
 surrogate (the paper's "Gaussian approximation": a deterministic network trained with MSE is
 the mean of a Gaussian transition density); ``sigma > 0`` makes it a stochastic emulator
 with a fixed isotropic Gaussian transition, as in the Thermalizer paper's noisy rollouts.
+``noise`` (a :class:`~sns.diffusion.sampling.ModeVariance` prior, e.g. the surrogate's residual
+spectrum from :func:`sns.refine.calibrate_x0_variance`) makes the transition Gaussian with that
+per-mode covariance instead: the control for a refiner that adds the same spread (issue 14).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from sns.diffusion.noising import randn_like
+from sns.diffusion.sampling import ModeVariance
 from sns.rollout.stepper import check_step_output
 
 __all__ = ["GaussianApproximation", "from_settings"]
@@ -25,9 +29,12 @@ class GaussianApproximation(nn.Module):
     Args:
         surrogate: any ``nn.Module`` or callable ``(B, *state) -> (B, *state)``.
         sigma: std of the added noise (state units, >= 0).
+        noise: coloured Gaussian noise with this per-mode variance (state units; a prior, not a
+            per-level table), added after ``sigma``'s; ``None``: none.
     """
 
-    def __init__(self, surrogate: nn.Module | Callable[[Tensor], Tensor], sigma: float = 0.0) -> None:
+    def __init__(self, surrogate: nn.Module | Callable[[Tensor], Tensor], sigma: float = 0.0,
+                 noise: ModeVariance | None = None) -> None:
         super().__init__()
         if not callable(surrogate):
             raise TypeError(f"surrogate must be an nn.Module or a callable, got {type(surrogate).__name__}")
@@ -35,6 +42,9 @@ class GaussianApproximation(nn.Module):
             raise ValueError(f"sigma must be >= 0, got {sigma!r}")
         self.surrogate = surrogate
         self.sigma = float(sigma)
+        if noise is not None and (not isinstance(noise, ModeVariance) or noise.per_level):
+            raise TypeError("noise must be a ModeVariance prior (per_level=False) or None")
+        self.noise = noise
         self.last_calls: int | None = None
 
     @torch.no_grad()
@@ -43,6 +53,8 @@ class GaussianApproximation(nn.Module):
         out = check_step_output(x, self.surrogate(x), "the surrogate")
         if self.sigma > 0:
             out = out + self.sigma * randn_like(out, generator)
+        if self.noise is not None:
+            out = out + self.noise.sample(self.noise.var, randn_like(out, generator))
         self.last_calls = 1
         return out
 

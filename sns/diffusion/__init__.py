@@ -17,7 +17,7 @@ from sns.diffusion.paths import (
     thermalizer_path,
     traverse,
 )
-from sns.diffusion.sampling import ddpm_step, posterior_step, predict_x0
+from sns.diffusion.sampling import ModeVariance, ddpm_step, posterior_step, predict_x0
 from sns.diffusion.schedules import (
     Schedule,
     cosine_schedule,
@@ -28,6 +28,7 @@ from sns.diffusion.schedules import (
 
 __all__ = [
     "PATHS",
+    "ModeVariance",
     "Path",
     "Schedule",
     "Traversal",
@@ -35,13 +36,13 @@ __all__ = [
     "clean_conditioning_path",
     "cosine_schedule",
     "ddpm_step",
+    "emphasis_weights",
     "linear_schedule",
     "log_sigma_schedule",
     "make_path",
     "make_schedule",
     "noise_pair",
     "noise_state",
-    "emphasis_weights",
     "pair_dsm_loss",
     "path_A",
     "path_B",

@@ -52,7 +52,7 @@ import torch
 from torch import Tensor
 
 from sns.diffusion.noising import randn_like, table
-from sns.diffusion.sampling import posterior_step
+from sns.diffusion.sampling import ModeVariance, posterior_step
 from sns.diffusion.schedules import Schedule
 from sns.nets.base import PairDenoiser
 
@@ -357,6 +357,7 @@ def traverse(
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     condition: Tensor | None = None,
     eta: float = 1.0,
+    x0_var: ModeVariance | None = None,
 ) -> Traversal:
     """Execute ``path`` with DDPM ancestral steps (:func:`sns.diffusion.sampling.posterior_step`;
     for unit moves the same as :func:`~sns.diffusion.sampling.ddpm_step`).
@@ -379,6 +380,11 @@ def traverse(
             part of the diffusion state is replaced by a forward-noised copy at every level.
         eta: stochasticity of each move (1: DDPM posterior, 0: DDIM); matters for strided moves
             and, for unit moves, makes them deterministic (``eta < 1``).
+        x0_var: variance-corrected moves of ``x_t`` (:class:`~sns.diffusion.sampling.ModeVariance`,
+            the law of ``x_t`` given ``x_{t-1}`` per mode): each move of ``s1`` adds the spread
+            of ``x0`` that its ``x0_hat`` lacks (:func:`~sns.diffusion.sampling.posterior_step`),
+            which matters for strided moves; ``x_{t-1}``'s moves are plain.  ``None``: plain moves
+            (and the same random stream as before this option existed).
 
     Returns:
         :class:`Traversal` with the states at the path's end and the call counts.
@@ -424,8 +430,13 @@ def traverse(
                 clean = (new == 0).reshape(-1, *([1] * (x.ndim - 1)))
                 x[rows] = torch.where(clean, condition[rows], noised)
             else:
+                corr = x0_var if c == 0 else None
+                z_x0 = None
+                if corr is not None:
+                    z_x0 = (torch.stack([randn_like(x[b], generator[b]) for b in rows.tolist()]) if per_sample
+                            else randn_like(x[rows], generator))
                 x[rows] = posterior_step(schedule, x[rows], eps[m], coord_to_level(s[m, c]),
-                                         coord_to_level(s_new[m, c]), z[m], clamp, eta)
+                                         coord_to_level(s_new[m, c]), z[m], clamp, eta, x0_var=corr, z_x0=z_x0)
     calls = moves.any(-1).sum(1).expand(B)
     return Traversal(x_prev, x_next, calls, network_calls)
 
