@@ -6,37 +6,11 @@ import pytest
 import torch
 
 from sns.diffusion import ModeVariance, log_sigma_schedule, posterior_step, traverse
-from sns.diffusion.paths import _leg
 from sns.diffusion.schedules import cosine_schedule
 from sns.refine import SNSRefiner, calibrate_x0_variance
-from tests.test_oracle import C_STRIDED, A, AR1Oracle, M, Q, true_conditional
+from tests.test_oracle import A, AR1Oracle, M, Q, _strided_law, true_conditional
 
 F64 = torch.float64
-
-
-def _corrected_law(sch, n_moves, eta, x0_var, start=None, c=C_STRIDED):
-    """Exact Gaussian law (mean error, var / true - 1) of x_t after the conditional path from
-    coordinate ``start`` to 0 in ``n_moves`` strided moves with ``x0_var``, exact AR(1) oracle: the
-    step is affine in (x, z, z_x0), so its gain and noise coefficients are read off by probing."""
-    S = sch.n_levels
-    start = S if start is None else start
-    orc = AR1Oracle(sch)
-    coords = _leg(torch.tensor([start]), n_moves)[0].unique_consecutive() if n_moves else torch.arange(start, -1, -1)
-    mu, v = true_conditional(c)
-    ab0 = sch.abar[start - 1]
-    mean, var = ab0.sqrt() * mu, ab0 * v + 1 - ab0
-    xp = c.expand(3, 2)
-    zero, one = torch.zeros(3, 2, dtype=F64), torch.ones(3, 2, dtype=F64)
-    for s, s_new in zip(coords[:-1].tolist(), coords[1:].tolist()):
-        i, j = torch.full((3,), s - 1), torch.full((3,), s_new - 1)
-        x = torch.stack([torch.zeros(2, dtype=F64), torch.ones(2, dtype=F64), torch.zeros(2, dtype=F64)])
-        eps = orc(xp, x, torch.zeros(3, dtype=torch.long), i).eps_next
-        f = posterior_step(sch, x, eps, i, j, zero, eta=eta, x0_var=x0_var, z_x0=zero)
-        g = posterior_step(sch, x, eps, i, j, one, eta=eta, x0_var=x0_var, z_x0=zero)
-        h = posterior_step(sch, x, eps, i, j, zero, eta=eta, x0_var=x0_var, z_x0=one)
-        gain, offset = f[1] - f[0], f[0]
-        mean, var = gain * mean + offset, gain**2 * var + (g[0] - f[0]) ** 2 + (h[2] - f[2]) ** 2
-    return mean - mu, var / v - 1
 
 
 @pytest.mark.parametrize("sch", [cosine_schedule(100), log_sigma_schedule(100)], ids=["cosine", "log_sigma"])
@@ -47,7 +21,7 @@ def test_corrected_strided_paths_are_exact_for_gaussian_data(sch):
     prior = ModeVariance(Q * (1 - A**2))
     for n in (1, 2, 5, None):
         for eta in (1.0, 0.0):
-            dm, dv = _corrected_law(sch, n, eta, prior)
+            dm, dv = _strided_law(sch, n, eta, x0_var=prior)
             assert dm.abs().max() < 2e-3, (n, eta, dm)
             assert dv.abs().max() < 3e-3, (n, eta, dv)
 

@@ -174,10 +174,12 @@ def test_paths_A_B_C_give_the_same_distribution():
 C_STRIDED = torch.tensor([1.5, -1.0], dtype=torch.float64)
 
 
-def _strided_law(sch, n_moves, eta, start=None, c=C_STRIDED):
+def _strided_law(sch, n_moves, eta, start=None, c=C_STRIDED, x0_var=None):
     """Exact Gaussian law of x_t after the conditional path (clean x_{t-1} = c) from coordinate
     ``start`` (default S) to 0 in ``n_moves`` strided moves (``None``: unit steps), exact AR(1)
-    oracle, x_t starting from its exact marginal at that level.  Returns (mean error, var / true - 1)."""
+    oracle, x_t starting from its exact marginal at that level; ``x0_var``: variance-corrected moves
+    (:class:`sns.diffusion.ModeVariance`).  The step is affine in (x, z, z_x0), so its gain and
+    noise coefficients are read off by probing.  Returns (mean error, var / true - 1)."""
     from sns.diffusion import posterior_step
     from sns.diffusion.paths import _leg
 
@@ -188,16 +190,18 @@ def _strided_law(sch, n_moves, eta, start=None, c=C_STRIDED):
     mu, v = true_conditional(c)
     ab0 = sch.abar[start - 1]
     mean, var = ab0.sqrt() * mu, ab0 * v + 1 - ab0
-    xp = c.expand(2, 2)
-    zero = torch.zeros(2, 2, dtype=torch.float64)
+    xp = c.expand(3, 2)
+    zero, one = torch.zeros(3, 2, dtype=torch.float64), torch.ones(3, 2, dtype=torch.float64)
     for s, s_new in zip(coords[:-1].tolist(), coords[1:].tolist()):
-        i, j = torch.full((2,), s - 1), torch.full((2,), s_new - 1)
-        x = torch.stack([torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)])
-        f = posterior_step(sch, x, orc(xp, x, torch.zeros(2, dtype=torch.long), i).eps_next, i, j, zero, eta=eta)
+        i, j = torch.full((3,), s - 1), torch.full((3,), s_new - 1)
+        x = torch.stack([torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64),
+                         torch.zeros(2, dtype=torch.float64)])
+        eps = orc(xp, x, torch.zeros(3, dtype=torch.long), i).eps_next
+        f = posterior_step(sch, x, eps, i, j, zero, eta=eta, x0_var=x0_var, z_x0=zero)
+        g = posterior_step(sch, x, eps, i, j, one, eta=eta, x0_var=x0_var, z_x0=zero)
+        h = posterior_step(sch, x, eps, i, j, zero, eta=eta, x0_var=x0_var, z_x0=one)
         gain, offset = f[1] - f[0], f[0]
-        ab_i, ab_j = sch.abar[s - 1], (sch.abar[s_new - 1] if s_new > 0 else torch.tensor(1.0, dtype=torch.float64))
-        post = (1 - ab_i / ab_j) * (1 - ab_j) / (1 - ab_i)
-        mean, var = gain * mean + offset, gain**2 * var + eta**2 * post
+        mean, var = gain * mean + offset, gain**2 * var + (g[0] - f[0]) ** 2 + (h[2] - f[2]) ** 2
     return mean - mu, var / v - 1
 
 
