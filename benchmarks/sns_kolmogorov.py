@@ -20,6 +20,18 @@ surrogate and fixed levels of the same denoiser (one move per leg).
    also over the last fifth of the rollout, which shows drift), the enstrophy ratio, and calls
    per step.  The floor is the ``--ic-split`` trajectories themselves against the train split.
 
+Variance-corrected rows (issue 14, calibrated on the valid split before any test rollout): a
+strided posterior move puts the denoiser's posterior mean where ``x0`` should be, which lacks the
+small-scale spread of ``x_t`` given ``x_{t-1}``.  ``fixed (0, i*), 1 move, variance-corrected``
+adds it back per Fourier mode from the denoiser's own per-level x0 error table
+(``ModeVariance.from_denoiser`` on 256 valid pairs); ``i*`` is the level whose sigma is nearest
+the surrogate's valid one-step RMSE (a rule, not a search).  Its control is the bare surrogate
+plus Gaussian noise coloured like its valid residuals (``GaussianApproximation(noise=...)``).
+Those refined rows are wrapped in ``ConserveMean`` (the flow conserves the spatial mean; the
+denoiser does not).  ``one_step_spectrum`` (diagnostic, valid pairs) shows one step's
+small-scale energy for the first four steppers.  Run them with
+``--only "=bare surrogate" "residual noise" "ConserveMean"``.
+
 Results are saved after every rollout (``results_<split>_<steps>_seed<k>.json`` under
 ``--out/kolmogorov/surrogate<S>_denoiser<D>``, one folder per pair of training budgets), so
 an interrupted run resumes at the next row; ``--report --seeds-only`` prints every seed stored.
@@ -69,14 +81,40 @@ def train_one(args, data_root: Path, name: str, task: str, seed: int, steps: int
     return file
 
 
-def methods(sur, den, sch, n_moves: int, sigma_p: float) -> dict[str, object]:
+def level_near(sch, sigma: float) -> int:
+    """The table level whose noise std ``sqrt((1 - abar) / abar)`` (normalised units) is nearest
+    ``sigma`` (the calibrated fixed level: sigma ~ the surrogate's valid one-step RMSE)."""
+    sig = ((1 - sch.abar) / sch.abar).sqrt()
+    return int((sig - sigma).abs().argmin())
+
+
+def methods(sur, den, sch, n_moves: int, sigma_p: float, cal: dict | None = None) -> dict[str, object]:
     """The bare surrogate, the fixed recipe, and fixed levels of the log-sigma denoiser (the order
-    in which they run: the rows that matter most first)."""
+    in which they run: the rows that matter most first).
+
+    ``cal`` (calibrated on the valid split, see :func:`calibrations`) adds the rows of the
+    variance-corrected refiner and of its control: ``residual`` (the surrogate's residual
+    spectrum), ``table`` (the denoiser's per-level x0 error spectrum), ``level`` (the fixed level
+    whose sigma is nearest the surrogate's valid one-step RMSE).  Every refined row of that group
+    is wrapped in :class:`~sns.constraints.ConserveMean`: the denoiser does not conserve the
+    spatial mean (exactly conserved by the flow), and its mean random-walks over a rollout."""
     from sns.baselines import GaussianApproximation
+    from sns.constraints import ConserveMean
     from sns.refine import SNSRefiner
 
     kw = {"denoiser": den, "schedule": sch, "surrogate": sur, "path": "A"}
     out: dict[str, object] = {"bare surrogate": GaussianApproximation(sur)}
+    if cal is not None:
+        i = cal["level"]
+        out["bare surrogate + residual noise (valid spectrum)"] = GaussianApproximation(sur, noise=cal["residual"])
+        out["log-sigma, fixed (0, i*), 1 move, variance-corrected (valid table), + ConserveMean"] = ConserveMean(
+            SNSRefiner(**kw, fixed_levels=(0, i), n_moves=1, x0_var=cal["table"]))
+        out["log-sigma, fixed (0, i*), 1 move, + ConserveMean"] = ConserveMean(
+            SNSRefiner(**kw, fixed_levels=(0, i), n_moves=1))
+        out[f"log-sigma, estimated, n_moves {n_moves}, proposal noise sqrt(2) RMSE, + ConserveMean"] = ConserveMean(
+            SNSRefiner(**kw, n_moves=n_moves, proposal_sigma=sigma_p))
+        out["log-sigma, fixed (40,40), 1 move per leg, + ConserveMean"] = ConserveMean(
+            SNSRefiner(**kw, fixed_levels=(40, 40), n_moves=1))
     out[f"log-sigma, estimated, n_moves {n_moves}, proposal noise sqrt(2) RMSE"] = SNSRefiner(
         **kw, n_moves=n_moves, proposal_sigma=sigma_p)
     # without proposal noise: the heads read a valid proposal at (i2, i1) ~ (41, 0) (the smooth
@@ -86,6 +124,46 @@ def methods(sur, den, sch, n_moves: int, sigma_p: float) -> dict[str, object]:
         sigma = float(((1 - sch.abar[i]) / sch.abar[i]).sqrt())
         out[f"log-sigma, fixed ({i},{i}) (sigma {sigma:.2g}), 1 move per leg"] = SNSRefiner(
             **kw, fixed_levels=(i, i), n_moves=1)
+    return out
+
+
+def calibrations(sur, den, sch, pairs, sigma_p: float, seed: int, cache: Path, n_table: int = 256) -> dict:
+    """What the variance-corrected rows need, from the valid split only: the surrogate's residual
+    spectrum (:func:`sns.refine.calibrate_x0_variance`), the denoiser's per-level x0 error spectrum
+    on ``n_table`` evenly spaced valid pairs (:meth:`ModeVariance.from_denoiser`, S calls per pair;
+    cached in ``cache``), and the level whose sigma is nearest the valid one-step RMSE."""
+    from sns.diffusion import ModeVariance
+    from sns.refine import calibrate_x0_variance
+
+    residual = calibrate_x0_variance(sur, *pairs, spatial_dims=2, batch=256)
+    if cache.exists():
+        table = ModeVariance(torch.load(cache, weights_only=True), spatial_dims=2, per_level=True)
+    else:
+        t0 = time.perf_counter()
+        idx = torch.linspace(0, len(pairs[0]) - 1, n_table).round().long()
+        table = ModeVariance.from_denoiser(den, sch, pairs[0][idx], pairs[1][idx], spatial_dims=2, batch=128,
+                                           generator=torch.Generator().manual_seed(seed))
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        torch.save(table.var, tmp)
+        tmp.replace(cache)
+        print(f"seed {seed}: per-level x0 error table on {n_table} valid pairs, {time.perf_counter() - t0:.0f} s",
+              file=sys.stderr, flush=True)
+    return {"residual": residual, "table": table, "level": level_near(sch, sigma_p / 2**0.5)}
+
+
+def one_step_spectrum(steppers: dict, x_prev, x_next, physical, seed: int, batch: int = 256) -> dict[str, list]:
+    """Per shell, the time-mean energy spectrum of one step of each stepper from valid ``x_prev``
+    over that of the true ``x_next`` (``physical``: normalised ``(B, 1, N, N)`` -> physical
+    ``(B, N, N)``): does one refined step keep the small scales' energy?"""
+    from sns.metrics import energy_spectrum
+
+    ref = energy_spectrum(physical(x_next))[1].mean(0)
+    out = {}
+    with torch.no_grad():
+        for name, step in steppers.items():
+            g = torch.Generator().manual_seed(seed)
+            y = torch.cat([step(x_prev[a:a + batch], generator=g) for a in range(0, len(x_prev), batch)])
+            out[name] = (energy_spectrum(physical(y))[1].mean(0) / ref).tolist()
     return out
 
 
@@ -211,6 +289,7 @@ def main() -> None:
             k2, k1 = calibrate_skip_threshold(den, *sub, quantile=0.9)
             acc = head_accuracy(den, sch, *sub)
         sigma_p = calibrate_proposal_sigma(sur, *pairs, batch=256)
+        cal = calibrations(sur, den, sch, pairs, sigma_p, seed, res_dir / f"x0_table_seed{seed}.pt")
         one_step = fixed_level_rmse(sur, den, sch, *sub, seed=seed)
         seen = noise_detectability(sub[1], sch, levels=[20, 30, 40, 50, 60])
         seen = {str(int(i)): float(r) for i, r in zip(seen["levels"], seen["ratio"])}
@@ -219,19 +298,22 @@ def main() -> None:
             "rmse": sigma_p / 2**0.5, "clean_i2": q(i2c), "clean_i1": q(i1c), "prop_i2": q(i2p), "prop_i1": q(i1p),
             "k2": k2, "k1": k1, "prop_i1_p90": float(i1p.double().quantile(0.9)),
             "acc_levels": acc["levels"].tolist(), "acc_i2": acc["i2"].tolist(), "acc_i1": acc["i1"].tolist(),
-            "one_step": one_step, "detectability": seen})
+            "one_step": one_step, "detectability": seen, "level": cal["level"]})
+        steppers = methods(sur, den, sch, args.n_moves, sigma_p, cal)
+        physical = lambda x: x[:, 0].double().numpy() * scale + offset
+        diag["surrogate / log-sigma"][-1]["one_step_spectrum"] = one_step_spectrum(
+            {k: steppers[k] for k in list(steppers)[:4]}, *sub, physical, seed)
         if seed_file.exists():  # refresh the stored diagnostics (also when --only selects no row)
             stored = json.loads(seed_file.read_text())
             stored["diag"] = {k: v[-1:] for k, v in diag.items()}
             tmp = seed_file.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps(stored))
             tmp.replace(seed_file)
-        steppers = methods(sur, den, sch, args.n_moves, sigma_p)
         if args.precision != "fp32":  # the same models under autocast, after their fp32 rows
             from sns.precision import MixedPrecision
 
             steppers.update({f"{k} [{args.precision}]": MixedPrecision(v, args.precision)
-                             for k, v in methods(sur, den, sch, args.n_moves, sigma_p).items()})
+                             for k, v in methods(sur, den, sch, args.n_moves, sigma_p, cal).items()})
         for name, step in steppers.items():
             if args.only and not any(name == o[1:] if o.startswith("=") else o in name for o in args.only):
                 continue
@@ -300,6 +382,16 @@ def main() -> None:
                   f"of it (best band; sns.refine.noise_detectability; {k}, mean over {len(ds)} seed(s)):\n\n| "
                   + " | ".join(f"i = {v}" for v in lv) + " |\n" + "|---" * len(lv) + "|\n| "
                   + " | ".join(f"{np.mean([d['detectability'][v] for d in ds]):.2f}" for v in lv) + " |")
+    for k, ds in diag.items():  # the calibrated level and one step's small-scale energy (valid pairs)
+        ds = [d for d in ds if "one_step_spectrum" in d]
+        if ds:
+            print(f"\ncalibrated fixed level i* (sigma nearest the valid one-step RMSE) per seed: "
+                  f"{[d['level'] for d in ds]}\n\none step from valid states: time-mean energy spectrum over the "
+                  f"true next state's, per shell ({k}, mean over {len(ds)} seed(s)):\n\n| stepper | "
+                  + " | ".join(f"k = {v}" for v in range(8, N // 2)) + " |\n|---" + "|---" * (N // 2 - 8) + "|")
+            for name in ds[0]["one_step_spectrum"]:
+                r = np.mean([d["one_step_spectrum"][name] for d in ds], 0)
+                print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in r[8:N // 2]) + " |")
     print(f"\n| method | completed | stable steps (min) | calls/step | worst shell | shells > {args.tol:g} "
           f"| worst shell, last fifth | enstrophy ratio | enstrophy ratio, last fifth | ms/step |")
     print("|---" * 10 + "|")
@@ -310,6 +402,16 @@ def main() -> None:
               f"{ms(np.nanmax(rel, 1), '{:.3f}')} | {ms((rel > args.tol).sum(1), '{:.1f}')} | "
               f"{ms(np.nanmax(late, 1), '{:.3f}')} | {ms(r['ens'], '{:.3f}')} | {ms(r['ens_late'], '{:.3f}')} | "
               f"{ms(r['ms_step'], '{:.1f}') if r.get('ms_step') else '-'} |")
+    bare = results.get("bare surrogate")
+    if bare is not None and len(bare["rel"]) == len(args.seeds):
+        print("\nworst shell over the bare surrogate's, per seed (same seed, data and initial conditions):\n\n"
+              "| method | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean |\n|---|"
+              + "---|" * (len(args.seeds) + 1))
+        b = np.nanmax(np.asarray(bare["rel"], dtype=np.float64), 1)
+        for k, r in results.items():
+            if len(r["rel"]) == len(b):
+                q = np.nanmax(np.asarray(r["rel"], dtype=np.float64), 1) / b
+                print(f"| {k} | " + " | ".join(f"{v:.2f}" for v in q) + f" | {np.nanmean(q):.2f} |")
     for k, r in results.items():  # per-shell errors, mean over seeds
         rel = np.nanmean(np.asarray(r["rel"], dtype=np.float64), 0)
         print(f"{k}: per shell " + " ".join(f"{v:.2f}" for v in rel), file=sys.stderr)
