@@ -111,6 +111,9 @@ def methods(sur, den, sch, n_moves: int, sigma_p: float, cal: dict | None = None
             SNSRefiner(**kw, fixed_levels=(0, i), n_moves=1, x0_var=cal["table"]))
         out["log-sigma, fixed (0, i*), 1 move, + ConserveMean"] = ConserveMean(
             SNSRefiner(**kw, fixed_levels=(0, i), n_moves=1))
+        out[f"log-sigma, estimated, n_moves {n_moves}, proposal noise sqrt(2) RMSE, variance-corrected (valid "
+            "table), + ConserveMean"] = ConserveMean(
+            SNSRefiner(**kw, n_moves=n_moves, proposal_sigma=sigma_p, x0_var=cal["table"]))
         out[f"log-sigma, estimated, n_moves {n_moves}, proposal noise sqrt(2) RMSE, + ConserveMean"] = ConserveMean(
             SNSRefiner(**kw, n_moves=n_moves, proposal_sigma=sigma_p))
         out["log-sigma, fixed (40,40), 1 move per leg, + ConserveMean"] = ConserveMean(
