@@ -46,7 +46,7 @@ class ModeVariance:
       from per mode (the data's own variance for an unconditional state, that of ``x_t`` given
       ``x_{t-1}`` for the conditional leg of a pair), and ``V_i`` its Gaussian posterior variance
       ``var (1 - abar_i) / (abar_i var + 1 - abar_i)``.  For Gaussian data whose covariance is
-      diagonal in this basis every strided move is then exact (tests/test_oracle.py).
+      diagonal in this basis every strided move is then exact (tests/test_mode_variance.py).
     * **measured per level** (``per_level=True``; ``var`` of shape ``(S, *state)``, from
       :meth:`from_denoiser`): ``V_i`` is the denoiser's own mean squared ``x0`` error per mode at
       level ``i`` on held-out pairs, which is ``E Cov(x0 | x_i)`` if the denoiser is the posterior
@@ -116,7 +116,7 @@ class ModeVariance:
         if self.per_level:
             if level is None:
                 raise ValueError("a per-level ModeVariance needs the levels")
-            return self.var.double()[level.cpu()]
+            return self.var[level.cpu()].double()
         ab = abar.double().reshape(-1, *([1] * self.var.ndim))
         v = self.var.double().to(abar.device)
         return v * (1 - ab) / (ab * v + 1 - ab)
